@@ -1,0 +1,21 @@
+"""Evaluation metrics for predicted perturbation responses, on numpy arrays and scipy.sparse matrices."""
+
+from ._distances import energy_distance, mmd_rbf, wasserstein
+from ._expression import mae_mean, mse_mean, pearson_delta, r2_mean, top_de_genes
+from ._normalize import log_normalize, pca_project
+from ._ranking import discrimination_score, top_de_overlap
+
+__all__ = [
+    "discrimination_score",
+    "energy_distance",
+    "log_normalize",
+    "mae_mean",
+    "mmd_rbf",
+    "mse_mean",
+    "pca_project",
+    "pearson_delta",
+    "r2_mean",
+    "top_de_genes",
+    "top_de_overlap",
+    "wasserstein",
+]

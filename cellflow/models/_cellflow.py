@@ -1,0 +1,466 @@
+"""``cf.CellFlow``: the user-facing model (AnnData in, AnnData out)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from ..data._codec import ConditionCodec
+from ..data._conditions import Condition
+from ..data._setup import SetupConfig, get_setup, parse_obs_conditions
+from ._config import CellFlowConfig
+from ._embeddings import expression_features, table_features
+from ._reference import ControlReference
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+logger = logging.getLogger("cellflow")
+
+FORMAT_VERSION = 1
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "weights.safetensors"
+
+
+class CellFlow:
+    """Predict perturbed cells with a rectified flow in an scvi-tools latent space.
+
+    A VAE (scvi-tools) encodes counts into a latent space. A rectified flow, conditioned on
+    an embedding of the perturbation set and the covariates, carries control cells of the
+    same context (or noise) to perturbed cells there. The decoder maps the predicted
+    latents back to counts.
+
+    Parameters
+    ----------
+    adata
+        Training data, registered with :func:`cellflow.pp.setup`.
+    backbone
+        Velocity network: a registered name (``"mlp"``) or a
+        :class:`~cellflow.models.backbones.Backbone` subclass registered by the user.
+    latent_dim
+        Size of the latent space.
+    likelihood
+        ``"nb"`` (default), ``"zinb"``, ``"poisson"`` for counts; ``"normal"`` for
+        log-normalised data (``cf.pp.setup(..., counts=False)``).
+    batch_key
+        Column of ``adata.obs`` with technical batches, a covariate of the VAE.
+    source
+        ``"control"`` (control cells of the same context) or ``"noise"``.
+    token_embedding
+        How perturbation tokens are embedded: ``"learned"`` (a vector per token seen in
+        training), ``"expression"`` (the perturbed gene's co-expression profile in control
+        cells: every measured gene can be embedded, so unseen perturbations of measured
+        genes can be predicted) or a :class:`pandas.DataFrame` indexed by perturbation
+        name (protein language model vectors, fingerprints, ...).
+    cond_dim
+        Size of the condition vector.
+    pooling
+        Pooling of the perturbation set: ``"mean"``, ``"sum"`` or ``"attention"``.
+    backbone_kwargs
+        Options of the backbone (e.g. ``hidden_dim``, ``n_blocks`` for ``"mlp"``).
+    vae_hidden, vae_layers
+        Width and depth of the VAE's encoder and decoder.
+    seed
+        Seed for initialisation and training.
+
+    Examples
+    --------
+    >>> import cellflow as cf
+    >>> adata = cf.datasets.simulate_perturbseq(seed=0)
+    >>> cf.pp.setup(adata, perturbation_key="perturbation", control="control", covariate_keys=["cell_type"])
+    >>> model = cf.CellFlow(adata, backbone="mlp", latent_dim=32)
+    >>> model.train()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        adata: AnnData,
+        *,
+        backbone: str | type = "mlp",
+        latent_dim: int = 32,
+        likelihood: str = "nb",
+        batch_key: str | None = None,
+        source: str = "control",
+        token_embedding: str | pd.DataFrame = "learned",
+        cond_dim: int = 128,
+        pooling: str = "mean",
+        backbone_kwargs: dict | None = None,
+        vae_hidden: int = 128,
+        vae_layers: int = 1,
+        seed: int = 0,
+    ) -> None:
+        from .backbones import get_backbone
+
+        setup = get_setup(adata)
+        table = token_embedding if isinstance(token_embedding, pd.DataFrame) else None
+        backbone_name = backbone if isinstance(backbone, str) else _registered_name(backbone)
+        get_backbone(backbone_name)  # fail now on an unknown name, not after training the VAE
+        config = CellFlowConfig(
+            backbone=backbone_name,
+            backbone_kwargs=dict(backbone_kwargs or {}),
+            latent_dim=latent_dim,
+            likelihood=likelihood,
+            batch_key=batch_key,
+            source=source,
+            token_embedding="table" if table is not None else token_embedding,
+            cond_dim=cond_dim,
+            pooling=pooling,
+            vae_hidden=vae_hidden,
+            vae_layers=vae_layers,
+            seed=seed,
+        )
+        _check_model_inputs(adata, setup, config)
+        conditions = parse_obs_conditions(
+            adata.obs,
+            perturbation_key=setup.perturbation_key,
+            control=setup.control,
+            dose_key=setup.dose_key,
+            sep=setup.combo_sep,
+        )
+        categories = {k: sorted(map(str, pd.unique(adata.obs[k].astype(str)))) for k in setup.covariate_keys}
+        tokens, features = _token_vocabulary(adata, setup, config, table, conditions)
+        codec = ConditionCodec(tokens, categories, embedding_hint=_embedding_hint(config.token_embedding))
+        codec.check_tokens(conditions)
+        self._init_parts(config, setup, codec, genes=list(map(str, adata.var_names)), token_features=features)
+        self.adata = adata
+        self._conditions = conditions
+
+    def _init_parts(self, config, setup, codec, *, genes, token_features) -> None:
+        """Build the networks (shared by ``__init__`` and :meth:`load`)."""
+        from ..nn import ConditionEncoder, TokenEmbedding
+        from .backbones import get_backbone
+
+        self.config, self.setup, self.codec, self.genes = config, setup, codec, genes
+        torch.manual_seed(config.seed)
+        if token_features is None:
+            tokens = TokenEmbedding.learned(max(1, len(codec.tokens)), config.cond_dim)
+        else:
+            tokens = TokenEmbedding.from_features(torch.as_tensor(token_features, dtype=torch.float32), config.cond_dim)
+        self.encoder = ConditionEncoder(
+            tokens,
+            config.cond_dim,
+            covariate_cardinalities=[len(v) for v in codec.covariate_categories.values()],
+            use_time=setup.time_key is not None,
+            pooling=config.pooling,
+        )
+        self.backbone = get_backbone(config.backbone)(config.latent_dim, config.cond_dim, **config.backbone_kwargs)
+        self.token_features_shape = None if token_features is None else list(np.shape(token_features))
+        self.vae = None
+        self.reference: ControlReference | None = None
+        self.history: dict[str, float] = {}
+        self.batch_categories: list[str] = []
+
+    # ------------------------------------------------------------------ training
+    def train(
+        self,
+        *,
+        vae_epochs: int | None = None,
+        flow_steps: int = 3000,
+        batch_size: int = 256,
+        groups_per_batch: int = 16,
+        cells_per_group: int = 64,
+        lr: float = 1e-3,
+        coupling: str = "ot",
+        condition_dropout: float = 0.0,
+        accelerator: str = "auto",
+        devices: int | str = "auto",
+        progress_bar: bool = True,
+    ) -> CellFlow:
+        """Train the VAE (scvi-tools), encode every cell once, then train the flow (Lightning).
+
+        Parameters
+        ----------
+        vae_epochs
+            Epochs of the VAE; by default about 6,000 gradient steps, at most 400 epochs.
+        flow_steps
+            Gradient steps of the flow.
+        batch_size
+            Minibatch size of the VAE.
+        groups_per_batch, cells_per_group
+            A flow minibatch holds ``groups_per_batch`` conditions (in their contexts) with
+            ``cells_per_group`` target cells each, paired with as many control cells.
+        lr
+            Learning rate of the flow.
+        coupling
+            ``"ot"`` (exact optimal-transport pairing within each condition of a
+            minibatch) or ``"random"``.
+        condition_dropout
+            Probability of replacing a condition by the null condition (for
+            classifier-free guidance at generation).
+        accelerator, devices
+            Passed to Lightning (``"cpu"``, ``"gpu"``, ``"auto"``; device count).
+        progress_bar
+            Show progress bars.
+
+        Returns
+        -------
+        The model itself, trained.
+        """
+        import time
+
+        import lightning.pytorch as pl
+
+        from ..train import FlowModule, FlowTrainingConfig, GroupBatches, GroupIndex
+        from .vae import LatentVAE, VAEConfig
+
+        if coupling not in ("ot", "random"):
+            raise ValueError(f"coupling={coupling!r} must be 'ot' or 'random'.")
+        if self.adata is None:
+            raise RuntimeError("This model was loaded without training data; it can generate but not train.")
+        adata, setup, cfg = self.adata, self.setup, self.config
+        pl.seed_everything(cfg.seed, verbose=False)
+        matrix = adata.layers[setup.layer] if setup.layer else adata.X
+        batch = None
+        if cfg.batch_key is not None:
+            categorical = pd.Categorical(adata.obs[cfg.batch_key].astype(str))
+            self.batch_categories = list(categorical.categories)
+            batch = categorical.codes.astype(np.int64)
+
+        start = time.perf_counter()
+        if vae_epochs is None:
+            vae_epochs = int(np.clip(round(6000 * batch_size / max(1, adata.n_obs)), 20, 400))
+        vae_config = VAEConfig(
+            n_input=adata.n_vars,
+            n_latent=cfg.latent_dim,
+            n_hidden=cfg.vae_hidden,
+            n_layers=cfg.vae_layers,
+            gene_likelihood=cfg.likelihood,
+        )
+        self.vae = LatentVAE.fit(
+            matrix,
+            batch=batch,
+            config=vae_config,
+            max_epochs=vae_epochs,
+            batch_size=batch_size,
+            accelerator=accelerator,
+            devices=devices,
+            progress_bar=progress_bar,
+        )
+        latent = self.vae.encode(matrix, batch)
+        self.history["vae_seconds"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        design = _training_design(adata, setup, self.codec, self._conditions)
+        log_library = np.log(np.maximum(np.asarray(matrix.sum(axis=1)).ravel(), 1.0))
+        self.reference = ControlReference.from_cells(
+            latent[design.is_control],
+            log_library[design.is_control],
+            np.zeros(design.is_control.sum(), dtype=np.int64) if batch is None else batch[design.is_control],
+            design.context[design.is_control],
+            design.contexts,
+        )
+        missing = sorted(set(design.group_context.tolist()) - set(design.context[design.is_control].tolist()))
+        if cfg.source == "control" and missing:
+            names = [dict(zip(setup.covariate_keys, design.contexts[i])) for i in missing]
+            raise ValueError(f"No control cells in context(s) {names}; they are needed as the flow's source.")
+        index = GroupIndex.build(
+            design.group, design.context, design.is_control, len(design.group_context), len(design.contexts)
+        )
+        train_config = FlowTrainingConfig(
+            max_steps=flow_steps,
+            groups_per_batch=groups_per_batch,
+            cells_per_group=cells_per_group,
+            lr=lr,
+            coupling=coupling,
+            condition_dropout=condition_dropout,
+            seed=cfg.seed,
+        )
+        module = FlowModule(
+            self.encoder,
+            self.backbone,
+            groups=design.table,
+            latent=torch.as_tensor(latent, dtype=torch.float32),
+            source=cfg.source,
+            config=train_config,
+        )
+        loader = torch.utils.data.DataLoader(
+            GroupBatches(index, torch.arange(len(design.group_context)), train_config), batch_size=None
+        )
+        trainer = pl.Trainer(
+            max_steps=flow_steps,
+            accelerator=accelerator,
+            devices=devices if accelerator != "cpu" else 1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=progress_bar,
+            log_every_n_steps=50,
+        )
+        trainer.fit(module, train_dataloaders=loader)
+        self.encoder.cpu().eval()
+        self.backbone.cpu().eval()
+        self.history["flow_seconds"] = time.perf_counter() - start
+        self.history["flow_final_loss"] = float(trainer.callback_metrics.get("train_loss", float("nan")))
+        return self
+
+    @property
+    def is_trained(self) -> bool:
+        """Whether the VAE and the flow have been trained (or loaded)."""
+        return self.vae is not None and self.reference is not None
+
+    def _require_trained(self) -> None:
+        if not self.is_trained:
+            raise RuntimeError("The model is not trained yet. Call model.train() (or CellFlow.load a saved one).")
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, path: str | Path, *, overwrite: bool = False) -> None:
+        """Save weights (safetensors) and configuration (JSON) to the directory ``path``.
+
+        Loading never unpickles anything: see :meth:`load`.
+        """
+        from safetensors.torch import save_file
+
+        self._require_trained()
+        path = Path(path)
+        if (path / CONFIG_FILE).exists() and not overwrite:
+            raise FileExistsError(f"{path} already holds a model; pass overwrite=True to replace it.")
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {f"vae.{k}": v for k, v in self.vae.state_dict().items()}
+        tensors |= {f"encoder.{k}": v.detach().cpu().contiguous() for k, v in self.encoder.state_dict().items()}
+        tensors |= {f"backbone.{k}": v.detach().cpu().contiguous() for k, v in self.backbone.state_dict().items()}
+        tensors |= {f"reference.{k}": v for k, v in self.reference.tensors().items()}
+        save_file(tensors, str(path / WEIGHTS_FILE))
+        meta = {
+            "format": "cellflow",
+            "format_version": FORMAT_VERSION,
+            "model": asdict(self.config),
+            "setup": self.setup.to_uns(),
+            "vae": self.vae.config_dict(),
+            "tokens": self.codec.tokens,
+            "covariate_categories": self.codec.covariate_categories,
+            "genes": self.genes,
+            "token_features_shape": self.token_features_shape,
+            "contexts": [list(c) for c in self.reference.contexts],
+            "batch_categories": self.batch_categories,
+            "history": self.history,
+        }
+        (path / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> CellFlow:
+        """Load a model saved by :meth:`save` (safetensors + JSON; no pickle)."""
+        from safetensors.torch import load_file
+
+        from .vae import LatentVAE, VAEConfig
+
+        path = Path(path)
+        if not (path / CONFIG_FILE).exists() or not (path / WEIGHTS_FILE).exists():
+            raise FileNotFoundError(f"{path} has no {CONFIG_FILE} and {WEIGHTS_FILE}; is it a directory saved by model.save?")
+        meta = json.loads((path / CONFIG_FILE).read_text())
+        if meta.get("format") != "cellflow" or meta.get("format_version", 0) > FORMAT_VERSION:
+            raise ValueError(f"{path} holds format {meta.get('format')!r} v{meta.get('format_version')}; update cellflow.")
+        tensors = load_file(str(path / WEIGHTS_FILE))
+        parts = {p: {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(p + ".")} for p in
+                 ("vae", "encoder", "backbone", "reference")}
+        setup = SetupConfig.from_uns(meta["setup"])
+        config = CellFlowConfig(**meta["model"])
+        codec = ConditionCodec(meta["tokens"], meta["covariate_categories"], _embedding_hint(config.token_embedding))
+        shape = meta["token_features_shape"]
+        model = cls.__new__(cls)
+        model._init_parts(config, setup, codec, genes=meta["genes"], token_features=None if shape is None else np.zeros(shape))
+        model.encoder.load_state_dict(parts["encoder"], strict=True)
+        model.backbone.load_state_dict(parts["backbone"], strict=True)
+        model.encoder.eval(), model.backbone.eval()
+        model.vae = LatentVAE.from_state_dict(parts["vae"], VAEConfig(**meta["vae"]))
+        model.reference = ControlReference.from_tensors(parts["reference"], [tuple(c) for c in meta["contexts"]])
+        model.history = meta.get("history", {})
+        model.batch_categories = meta.get("batch_categories", [])
+        model.adata, model._conditions = None, None
+        return model
+
+    def __repr__(self) -> str:
+        state = "trained" if self.is_trained else "untrained"
+        return (
+            f"CellFlow({state}, backbone={self.config.backbone!r}, latent_dim={self.config.latent_dim}, "
+            f"likelihood={self.config.likelihood!r}, source={self.config.source!r}, "
+            f"{len(self.genes)} genes, {len(self.codec.tokens)} tokens, covariates={self.codec.covariate_keys})"
+        )
+
+
+class _Design:
+    """Groups (condition x context x time) of the training cells and their network inputs."""
+
+    def __init__(self, group, context, contexts, is_control, group_context, table) -> None:
+        self.group, self.context, self.contexts = group, context, contexts
+        self.is_control, self.group_context, self.table = is_control, group_context, table
+
+
+def _training_design(adata, setup: SetupConfig, codec: ConditionCodec, conditions: list[Condition]) -> _Design:
+    from ..train import GroupTable
+
+    obs = adata.obs
+    keys = list(setup.covariate_keys)
+    context_frame = obs[keys].astype(str) if keys else pd.DataFrame(index=obs.index)
+    if keys:
+        context_codes, context_uniques = pd.factorize(pd.MultiIndex.from_frame(context_frame))
+        contexts = [tuple(c) for c in context_uniques]
+    else:
+        context_codes, contexts = np.zeros(adata.n_obs, dtype=np.int64), [()]
+    time = obs[setup.time_key].astype(float).to_numpy() if setup.time_key else np.zeros(adata.n_obs)
+    cond_codes, cond_uniques = pd.factorize(pd.Series(conditions, dtype=object))
+    group_codes, group_keys = pd.factorize(pd.MultiIndex.from_arrays([cond_codes, context_codes, time]))
+    group_conditions = [cond_uniques[c] for c, _, _ in group_keys]
+    token_ids, doses, mask = codec.encode_conditions(group_conditions)
+    covariate_rows = [dict(zip(keys, contexts[ctx])) for _, ctx, _ in group_keys]
+    covariates = codec.encode_covariates(covariate_rows) if keys else torch.zeros(len(group_keys), 0, dtype=torch.long)
+    table = GroupTable(
+        token_ids=token_ids,
+        doses=doses,
+        mask=mask,
+        covariates=covariates,
+        time=torch.tensor([t for _, _, t in group_keys], dtype=torch.float32),
+    )
+    is_control = np.array([c.is_control for c in conditions])
+    group_context = np.array([ctx for _, ctx, _ in group_keys], dtype=np.int64)
+    return _Design(group_codes.astype(np.int64), np.asarray(context_codes, dtype=np.int64), contexts, is_control,
+                   group_context, table)
+
+
+def _check_model_inputs(adata, setup: SetupConfig, config: CellFlowConfig) -> None:
+    if config.likelihood in ("nb", "zinb", "poisson") and not setup.counts:
+        raise ValueError(
+            f"likelihood={config.likelihood!r} models raw counts, but cf.pp.setup was called with counts=False. "
+            "Use likelihood='normal' for log-normalised data, or set up the raw counts."
+        )
+    if config.batch_key is not None and config.batch_key not in adata.obs.columns:
+        raise KeyError(f"batch_key={config.batch_key!r} is not a column of adata.obs.")
+
+
+def _token_vocabulary(adata, setup, config, table, conditions):
+    """Tokens the model can embed and, for feature-based embeddings, their feature table."""
+    seen = sorted({t for c in conditions for t in c.tokens})
+    if config.token_embedding == "learned":
+        return seen, None
+    if config.token_embedding == "table":
+        return table_features(table, required=seen)
+    return expression_features(adata, setup, conditions, required=seen)
+
+
+def _embedding_hint(kind: str) -> str:
+    return {
+        "learned": "token_embedding='learned' only knows tokens seen in training; use token_embedding='expression' "
+        "(for measured genes) or a DataFrame of token features that includes them.",
+        "expression": "token_embedding='expression' embeds measured genes only (adata.var_names); "
+        "pass a DataFrame of token features for other perturbations.",
+        "table": "Add them to the token_embedding table (a DataFrame indexed by perturbation name).",
+    }[kind]
+
+
+def _registered_name(backbone: type) -> str:
+    from .backbones._registry import _REGISTRY
+
+    for name, cls in _REGISTRY.items():
+        if cls is backbone:
+            return name
+    raise ValueError(f"{backbone!r} is not registered; decorate it with @register_backbone('name') first.")
+
+
+def _dense(matrix) -> np.ndarray:
+    return matrix.toarray() if sp.issparse(matrix) else np.asarray(matrix)

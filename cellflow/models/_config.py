@@ -1,0 +1,67 @@
+"""Configuration of a CellFlow model (saved as JSON in checkpoints)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SOURCES = ("control", "noise")
+TOKEN_EMBEDDINGS = ("learned", "expression", "table")
+
+
+@dataclass
+class CellFlowConfig:
+    """Architecture of a :class:`~cellflow.CellFlow` model.
+
+    Attributes
+    ----------
+    backbone
+        Registered name of the velocity network (``"mlp"``, ...).
+    backbone_kwargs
+        Options of the backbone (JSON-serialisable).
+    latent_dim
+        Size of the VAE latent space, in which the flow runs.
+    likelihood
+        Observation model of the VAE: ``"nb"``, ``"zinb"``, ``"poisson"`` or ``"normal"``.
+    batch_key
+        Column of technical batches given to the VAE as a covariate (or ``None``).
+    source
+        ``"control"``: the flow carries control cells of the same context to perturbed
+        cells; ``"noise"``: it starts from Gaussian noise.
+    token_embedding
+        ``"learned"``, ``"expression"`` (co-expression profile of the perturbed gene in
+        control cells) or ``"table"`` (a user table).
+    cond_dim
+        Size of the condition vector.
+    pooling
+        Set pooling of the perturbation tokens: ``"mean"``, ``"sum"`` or ``"attention"``.
+    vae_hidden, vae_layers
+        Width and depth of the scvi-tools encoder and decoder.
+    seed
+        Seed of initialisation and training.
+    """
+
+    backbone: str = "mlp"
+    backbone_kwargs: dict = field(default_factory=dict)
+    latent_dim: int = 32
+    likelihood: str = "nb"
+    batch_key: str | None = None
+    source: str = "control"
+    token_embedding: str = "learned"
+    cond_dim: int = 128
+    pooling: str = "mean"
+    vae_hidden: int = 128
+    vae_layers: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"source={self.source!r} must be one of {SOURCES}.")
+        if self.token_embedding not in TOKEN_EMBEDDINGS:
+            raise ValueError(
+                f"token_embedding={self.token_embedding!r} must be 'learned', 'expression' or a pandas DataFrame "
+                "indexed by perturbation name."
+            )
+        if self.pooling not in ("mean", "sum", "attention"):
+            raise ValueError(f"pooling={self.pooling!r} must be 'mean', 'sum' or 'attention'.")
+        if self.latent_dim < 1 or self.cond_dim < 1:
+            raise ValueError("latent_dim and cond_dim must be positive integers.")

@@ -1,0 +1,58 @@
+"""The interface every velocity backbone implements."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+
+class EncodedCondition(NamedTuple):
+    """A batch of conditions, as the backbones see them.
+
+    Attributes
+    ----------
+    vector
+        ``(B, C)`` pooled condition: the perturbation set, covariates and (where used)
+        experimental time, merged into one vector.
+    tokens
+        ``(B, K, C)`` the individual (dose-scaled) perturbation token embeddings, for
+        backbones that attend to them (``set_attention``); padded to the longest set.
+    mask
+        ``(B, K)`` boolean, ``True`` where ``tokens`` holds a real token.
+    """
+
+    vector: torch.Tensor
+    tokens: torch.Tensor
+    mask: torch.Tensor
+
+
+class Backbone(nn.Module):
+    """Base class of velocity networks ``v(z, s, cond)``.
+
+    Parameters
+    ----------
+    dim
+        Size of the state ``z`` (the latent dimension).
+    cond_dim
+        Size ``C`` of :attr:`EncodedCondition.vector` and of each token.
+
+    Notes
+    -----
+    Subclasses implement :meth:`forward` and accept their own keyword options, which
+    must be JSON-serialisable (they are saved in checkpoints). A backbone whose state is a
+    time course (``z`` of shape ``(B, T, D)``) sets the class attribute
+    ``sequence_over_time = True``.
+    """
+
+    sequence_over_time: bool = False
+
+    def __init__(self, dim: int, cond_dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.cond_dim = cond_dim
+
+    def forward(self, z: torch.Tensor, s: torch.Tensor, cond: EncodedCondition) -> torch.Tensor:
+        """Velocity at state ``z`` (``(B, D)``), flow time ``s`` (``(B,)``) and condition ``cond``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement forward(z, s, cond).")

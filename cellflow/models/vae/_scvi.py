@@ -1,0 +1,222 @@
+"""The latent space: scvi-tools' VAE, trained by scvi-tools, used as a module.
+
+cellflow trains ``scvi.model.SCVI`` (its likelihoods, encoder, decoder and training plan)
+on a private, minimal AnnData, then keeps only the torch module. Checkpoints store that
+module's weights as safetensors and the arguments that rebuild it as JSON, so loading
+never goes through scvi-tools' pickling save/load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+LIKELIHOODS = {"nb": "nb", "zinb": "zinb", "normal": "normal", "poisson": "poisson"}
+
+
+@dataclass
+class VAEConfig:
+    """Arguments that rebuild the scvi-tools ``VAE`` module (saved as JSON in checkpoints)."""
+
+    n_input: int
+    n_latent: int = 32
+    n_hidden: int = 128
+    n_layers: int = 1
+    n_batch: int = 0
+    gene_likelihood: str = "nb"
+    dispersion: str = "gene"
+    dropout_rate: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.gene_likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood={self.gene_likelihood!r} is not one of {sorted(LIKELIHOODS)}.")
+
+    @property
+    def log_variational(self) -> bool:
+        # log1p of counts stabilises the encoder input; normalised data are already on a log scale.
+        return self.gene_likelihood != "normal"
+
+    def build(self):
+        """A fresh ``scvi.module.VAE`` with these arguments."""
+        from scvi.module import VAE
+
+        return VAE(
+            n_input=self.n_input,
+            n_batch=self.n_batch,
+            n_labels=1,  # SCVI registers one dummy label when no labels_key is given
+            n_hidden=self.n_hidden,
+            n_latent=self.n_latent,
+            n_layers=self.n_layers,
+            dropout_rate=self.dropout_rate,
+            dispersion=self.dispersion,
+            gene_likelihood=self.gene_likelihood,
+            log_variational=self.log_variational,
+        )
+
+
+class LatentVAE:
+    """An scvi-tools VAE module with the encode / decode calls cellflow needs.
+
+    Parameters
+    ----------
+    module
+        A trained ``scvi.module.VAE``.
+    config
+        The arguments it was built with.
+    """
+
+    def __init__(self, module, config: VAEConfig) -> None:
+        self.module = module.eval()
+        self.config = config
+
+    @classmethod
+    def fit(
+        cls,
+        matrix,
+        *,
+        batch: np.ndarray | None,
+        config: VAEConfig,
+        max_epochs: int,
+        batch_size: int = 256,
+        lr: float = 1e-3,
+        accelerator: str = "auto",
+        devices: int | str = "auto",
+        progress_bar: bool = True,
+        early_stopping: bool = True,
+    ) -> LatentVAE:
+        """Train scvi-tools' SCVI on ``matrix`` (cells x genes) and keep its module.
+
+        ``batch`` holds integer batch codes (``None`` without a batch covariate).
+        """
+        import anndata as ad
+        import scvi
+
+        obs = pd.DataFrame(index=[str(i) for i in range(matrix.shape[0])])
+        if batch is not None:
+            obs["batch"] = pd.Categorical(np.asarray(batch).astype(str))
+        # A private AnnData: scvi-tools registers itself in it, never in the user's object.
+        private = ad.AnnData(X=matrix, obs=obs)
+        scvi.model.SCVI.setup_anndata(private, batch_key="batch" if batch is not None else None)
+        model = scvi.model.SCVI(
+            private,
+            n_latent=config.n_latent,
+            n_hidden=config.n_hidden,
+            n_layers=config.n_layers,
+            dropout_rate=config.dropout_rate,
+            dispersion=config.dispersion,
+            gene_likelihood=config.gene_likelihood,
+            log_variational=config.log_variational,
+        )
+        model.train(
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            accelerator=accelerator,
+            devices=devices,
+            early_stopping=early_stopping,
+            enable_progress_bar=progress_bar,
+            plan_kwargs={"lr": lr},
+        )
+        config.n_batch = model.module.n_batch
+        return cls(model.module.cpu(), config)
+
+    @torch.no_grad()
+    def encode(self, matrix, batch: np.ndarray | None = None, *, batch_size: int = 4096) -> np.ndarray:
+        """Posterior mean of the latent for each cell (``cells x n_latent``)."""
+        out = []
+        for x, b in self._batches(matrix, batch, batch_size):
+            qz = self.module.inference(x, b)["qz"]
+            out.append(qz.loc.cpu().numpy())
+        return np.concatenate(out, axis=0) if out else np.zeros((0, self.config.n_latent), dtype=np.float32)
+
+    @torch.no_grad()
+    def decode(
+        self,
+        z: torch.Tensor,
+        log_library: torch.Tensor,
+        batch: torch.Tensor | None = None,
+        *,
+        sample: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Latent + log library size -> the likelihood's parameters -> counts (or the mean).
+
+        Parameters
+        ----------
+        z
+            ``(N, n_latent)`` latent states.
+        log_library
+            ``(N, 1)`` natural log of each cell's library size.
+        batch
+            ``(N, 1)`` integer batch codes, or ``None`` (batch 0).
+        sample
+            Draw from the likelihood (counts); ``False`` returns its mean.
+        generator
+            Random generator for the draw, for reproducible counts.
+        """
+        device = next(self.module.parameters()).device
+        z, log_library = z.to(device), log_library.to(device)
+        if batch is None:
+            batch = torch.zeros(z.shape[0], 1, dtype=torch.long, device=device)
+        px = self.module.generative(z, log_library, batch.to(device))["px"]
+        if not sample:
+            return px.mean
+        return _sample_likelihood(px, self.config.gene_likelihood, generator)
+
+    def _batches(self, matrix, batch, batch_size) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        device = next(self.module.parameters()).device
+        for start in range(0, matrix.shape[0], batch_size):
+            chunk = matrix[start : start + batch_size]
+            chunk = chunk.toarray() if sp.issparse(chunk) else np.asarray(chunk)
+            x = torch.as_tensor(chunk, dtype=torch.float32, device=device)
+            if batch is None:
+                b = torch.zeros(x.shape[0], 1, dtype=torch.long, device=device)
+            else:
+                b = torch.as_tensor(np.asarray(batch[start : start + batch_size]), device=device).long().view(-1, 1)
+            yield x, b
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The module's weights."""
+        return {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor], config: VAEConfig) -> LatentVAE:
+        """Rebuild the module from its config and load the weights (strictly)."""
+        module = config.build()
+        module.load_state_dict(state, strict=True)
+        return cls(module, config)
+
+    def config_dict(self) -> dict:
+        """The config as a JSON-ready dict."""
+        return asdict(self.config)
+
+
+def _sample_likelihood(px, likelihood: str, generator: torch.Generator | None) -> torch.Tensor:
+    """Draw from scvi-tools' likelihood objects with an explicit generator.
+
+    scvi-tools' ``sample()`` draws from the global torch RNG; the gamma-Poisson mixture is
+    written out here only so a ``torch.Generator`` makes the draw reproducible. The
+    parameters are scvi-tools' own (``mu``, ``theta``, ``zi_logits``).
+    """
+    if likelihood == "normal":
+        return px.loc + px.scale * torch.randn(px.loc.shape, generator=generator, device=px.loc.device)
+    if likelihood == "poisson":
+        return torch.poisson(px.rate, generator=generator)
+    mu, theta = px.mu, px.theta.expand_as(px.mu)
+    # NB(mu, theta) = Poisson(Gamma(shape=theta, rate=theta / mu)); torch's gamma has no generator
+    # argument, so draw it as standard gamma (seeded through the generator's fork) and scale.
+    with torch.random.fork_rng(devices=[] if mu.device.type == "cpu" else [mu.device]):
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator).item()))
+        gamma = torch._standard_gamma(theta.clamp_min(1e-8)) * (mu / theta.clamp_min(1e-8))
+    counts = torch.poisson(gamma, generator=generator)
+    if likelihood == "zinb":
+        dropout = torch.rand(mu.shape, generator=generator, device=mu.device) < torch.sigmoid(px.zi_logits)
+        counts = counts.masked_fill(dropout, 0.0)
+    return counts

@@ -1,0 +1,6 @@
+"""Lightning modules and batch sampling for training the flow."""
+
+from ._flow_module import FlowModule, FlowTrainingConfig, GroupBatches, GroupTable
+from ._groups import GroupIndex
+
+__all__ = ["FlowModule", "FlowTrainingConfig", "GroupBatches", "GroupIndex", "GroupTable"]

@@ -1,0 +1,148 @@
+"""The Lightning module that trains the latent rectified flow."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import IterableDataset
+
+from ..models.backbones import Backbone, EncodedCondition
+from ..models.flow import LinearPath, ot_pairing_grouped, random_pairing, sample_flow_time
+from ._groups import GroupIndex
+
+
+@dataclass
+class GroupTable:
+    """Per-group network inputs: perturbation tokens, covariates and time (``G`` rows)."""
+
+    token_ids: torch.Tensor  # (G, K) long
+    doses: torch.Tensor  # (G, K) float
+    mask: torch.Tensor  # (G, K) bool
+    covariates: torch.Tensor  # (G, n_cov) long
+    time: torch.Tensor  # (G,) float
+
+
+@dataclass
+class FlowTrainingConfig:
+    """Optimisation settings of the flow (saved with the model)."""
+
+    max_steps: int = 3000
+    groups_per_batch: int = 16
+    cells_per_group: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    coupling: str = "ot"  # "ot" or "random"
+    condition_dropout: float = 0.0
+    seed: int = 0
+
+
+class GroupBatches(IterableDataset):
+    """An endless stream of minibatches: groups drawn uniformly, cells drawn within them."""
+
+    def __init__(self, index: GroupIndex, groups: torch.Tensor, config: FlowTrainingConfig) -> None:
+        super().__init__()
+        self.index, self.groups, self.config = index, groups, config
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.config.seed)
+        n = min(self.config.groups_per_batch, len(self.groups))
+        while True:
+            picked = self.groups[torch.randperm(len(self.groups), generator=generator)[:n]]
+            yield self.index.sample(picked, self.config.cells_per_group, generator)
+
+
+class FlowModule(pl.LightningModule):
+    """Condition encoder + velocity backbone, trained by (OT-coupled) rectified flow.
+
+    Parameters
+    ----------
+    encoder
+        A :class:`cellflow.nn.ConditionEncoder`.
+    backbone
+        A velocity :class:`~cellflow.models.backbones.Backbone`.
+    groups
+        Network inputs of every training group.
+    latent
+        ``(N, D)`` latent of every cell (precomputed once by the VAE).
+    source
+        ``"control"`` (flow from control cells of the same context) or ``"noise"``.
+    config
+        Optimisation settings.
+    """
+
+    def __init__(
+        self,
+        encoder: torch.nn.Module,
+        backbone: Backbone,
+        *,
+        groups: GroupTable | None = None,
+        latent: torch.Tensor | None = None,
+        source: str = "control",
+        config: FlowTrainingConfig | None = None,
+    ) -> None:
+        super().__init__()
+        self.encoder, self.backbone = encoder, backbone
+        self.source, self.config = source, config or FlowTrainingConfig()
+        self.path = LinearPath()
+        # Training data live next to the weights (moved to the GPU with them) but are not saved.
+        if groups is not None:
+            for name, value in vars(groups).items():
+                self.register_buffer(f"group_{name}", value, persistent=False)
+        if latent is not None:
+            self.register_buffer("latent", latent, persistent=False)
+
+    def encode(self, token_ids, doses, mask, covariates, time, drop=None) -> EncodedCondition:
+        """Encode conditions (see :class:`cellflow.nn.ConditionEncoder`)."""
+        return self.encoder(token_ids, doses, mask, covariates, time, drop=drop)
+
+    def encode_groups(self, groups: torch.Tensor, drop: torch.Tensor | None = None) -> EncodedCondition:
+        """Encode the training groups ``groups`` (``(B,)`` codes)."""
+        return self.encode(
+            self.group_token_ids[groups],
+            self.group_doses[groups],
+            self.group_mask[groups],
+            self.group_covariates[groups],
+            self.group_time[groups],
+            drop=drop,
+        )
+
+    def forward(self, z: torch.Tensor, s: torch.Tensor, cond: EncodedCondition) -> torch.Tensor:
+        """Velocity ``v(z, s, cond)``."""
+        return self.backbone(z, s, cond)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        target, source, batch_group = batch
+        z1 = self.latent[target]
+        z0 = self.latent[source] if self.source == "control" else torch.randn_like(z1)
+        pairing = ot_pairing_grouped if self.config.coupling == "ot" else random_pairing
+        z0 = z0[pairing(z0, z1, batch_group)]
+        s = sample_flow_time(z1.shape[0], device=z1.device)
+        path = self.path.sample(z0, z1, s)
+        # Encode each distinct group once, then expand to its rows.
+        unique, inverse = torch.unique(batch_group, return_inverse=True)
+        drop = None
+        if self.config.condition_dropout > 0:
+            drop = torch.rand(len(unique), device=z1.device) < self.config.condition_dropout
+        cond = self.encode_groups(unique, drop=drop)
+        cond = EncodedCondition(cond.vector[inverse], cond.tokens[inverse], cond.mask[inverse])
+        loss = torch.nn.functional.mse_loss(self.backbone(path.zs, s, cond), path.velocity)
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=z1.shape[0])
+        return loss
+
+    def configure_optimizers(self):
+        cfg = self.config
+        optimizer = torch.optim.AdamW(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        warmup = max(1, min(cfg.warmup_steps, cfg.max_steps // 10))
+
+        def schedule(step: int) -> float:
+            # Linear warm-up, then cosine decay to a tenth of the rate.
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, cfg.max_steps - warmup))
+            return 0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(progress * torch.pi)).item())
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
