@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(MAKE) docs
 
 docs: $(STAMP)
-	$(VENV)/bin/mkdocs build --strict --quiet --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir site
 
 lint: $(STAMP)
 	$(PY) -m ruff check cellflow tests benchmarks

@@ -98,7 +98,7 @@ def simulate_perturbseq(
 
     Returns
     -------
-    AnnData with
+    anndata.AnnData
         ``X``: CSR float32 integer counts; ``obs``: ``perturbation``, ``cell_type``, ``dose``
         (categorical; doses aligned with the sorted tokens, controls ``"0"``) and ``time`` (float);
         ``uns["simulation"]``: ``params`` (this call's arguments), ``true_mean`` (conditions x genes,

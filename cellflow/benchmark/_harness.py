@@ -1,0 +1,113 @@
+"""Train-free part of a benchmark: predict held-out conditions with every method and score them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from ..metrics import log_normalize
+from ._baselines import Baseline
+from ._scoring import ConditionScorer
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+    from ..models._cellflow import CellFlow
+
+
+def score_held_out(
+    adata: AnnData,
+    frame: pd.DataFrame,
+    held_out: Sequence[str],
+    *,
+    model: CellFlow | None = None,
+    baselines: Sequence[Baseline] = (),
+    covariate_keys: Sequence[str] = (),
+    control: str = "control",
+    seed: int = 0,
+    extra_metrics: Callable[[np.ndarray, str, dict], dict] | None = None,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Predict each held-out condition in each context where it was measured, and score it.
+
+    Parameters
+    ----------
+    adata
+        All real cells (counts), including the held-out ones.
+    frame
+        Canonical condition and covariates of every cell (:func:`conditions_frame`).
+    held_out
+        Conditions to predict.
+    model
+        A trained :class:`~cellflow.CellFlow` (scored as ``"cellflow"``).
+    baselines
+        Fitted baselines.
+    covariate_keys
+        Covariates that define a context.
+    control
+        Control label.
+    seed
+        Seed of every draw.
+    extra_metrics
+        ``f(pred_log_normalised, method, context) -> dict`` of further metrics (e.g. error
+        against a simulator's ground truth).
+    progress
+        Print one line per condition.
+
+    Returns
+    -------
+    One row per method, condition and context: the metrics of
+    :class:`~cellflow.benchmark._scoring.ConditionScorer`, ``n_cells`` and, for the
+    model, ``generate_seconds``. The method ``noise_floor`` is half of the real cells
+    predicting the other half.
+    """
+    from ..tl import generate
+
+    real = log_normalize(adata.X)
+    scorer = ConditionScorer(real)
+    keys = list(covariate_keys)
+    rows = []
+    for condition in held_out:
+        in_condition = frame["condition"].to_numpy() == condition
+        contexts = frame.loc[in_condition, keys].drop_duplicates().to_dict("records") if keys else [{}]
+        for context in contexts:
+            where = np.ones(len(frame), dtype=bool)
+            for key, value in context.items():
+                where &= frame[key].to_numpy() == value
+            truth = real[in_condition & where]
+            control_cells = real[(frame["condition"].to_numpy() == control) & where]
+            label = {"condition": condition, **context, "n_cells": len(truth)}
+            predictions = {}
+            if model is not None:
+                start = time.perf_counter()
+                pred = generate(model, conditions=[condition], n_cells=len(truth), covariates=context, seed=seed)
+                predictions["cellflow"] = (log_normalize(pred.X), time.perf_counter() - start)
+            for baseline in baselines:
+                predictions[baseline.name] = (
+                    baseline.predict(condition, covariates=context, n_cells=len(truth), seed=seed),
+                    None,
+                )
+            for method, (pred, seconds) in predictions.items():
+                row = {"method": method, **label, **scorer.score(pred, truth, control_cells)}
+                if seconds is not None:
+                    row["generate_seconds"] = seconds
+                if extra_metrics is not None:
+                    row |= extra_metrics(pred, condition, context)
+                rows.append(row)
+            rows.append({"method": "noise_floor", **label, **scorer.noise_floor(truth, control_cells, seed=seed)})
+            if progress:
+                print(f"  scored {condition} {context}", flush=True)
+    return pd.DataFrame(rows)
+
+
+def summary_table(results: pd.DataFrame, metrics: Sequence[str], by: Sequence[str] = ("method",)) -> pd.DataFrame:
+    """Mean of ``metrics`` per method (and other ``by`` columns), methods in a fixed, readable order."""
+    table = results.groupby(list(by))[list(metrics)].mean()
+    order = ["cellflow", "additive", "control", "perturbation_mean", "noise_floor"]
+    if list(by) == ["method"]:
+        table = table.reindex([m for m in order if m in table.index] + [m for m in table.index if m not in order])
+    return table

@@ -1,0 +1,123 @@
+"""Command line: ``cellflow demo | train | generate``.
+
+The verbs mirror the Python API; run ``cellflow VERB --help`` for the options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cellflow`` command."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    try:
+        args.run(args)
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as error:
+        print(f"cellflow {args.verb}: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cellflow", description=__doc__.splitlines()[0])
+    verbs = parser.add_subparsers(dest="verb")
+
+    demo = verbs.add_parser("demo", help="simulate a screen, hold out conditions, train, predict and score")
+    demo.add_argument("--n-cells", type=int, default=6000)
+    demo.add_argument("--n-genes", type=int, default=200)
+    demo.add_argument("--flow-steps", type=int, default=2000)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--out", default=None, help="directory for results.csv and the trained model")
+    demo.add_argument("--quiet", action="store_true", help="no progress output")
+    demo.set_defaults(run=_demo)
+
+    train = verbs.add_parser("train", help="train a model on an .h5ad file and save it")
+    _add_setup_options(train)
+    train.add_argument("--out", required=True, help="directory to save the model to")
+    train.add_argument("--backbone", default="mlp")
+    train.add_argument("--latent-dim", type=int, default=32)
+    train.add_argument("--likelihood", default="nb", choices=["nb", "zinb", "poisson", "normal"])
+    train.add_argument("--token-embedding", default="learned", choices=["learned", "expression"])
+    train.add_argument("--flow-steps", type=int, default=2000)
+    train.add_argument("--vae-epochs", type=int, default=None)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--quiet", action="store_true")
+    train.set_defaults(run=_train)
+
+    generate = verbs.add_parser("generate", help="generate cells of conditions with a saved model")
+    generate.add_argument("--model", required=True, help="directory of a saved model")
+    generate.add_argument("--conditions", nargs="+", required=True, help='labels such as A "A+B"')
+    generate.add_argument("--n-cells", type=int, default=500)
+    generate.add_argument("--covariates", nargs="*", default=[], help="KEY=VALUE pairs, e.g. cell_type=K562")
+    generate.add_argument("--method", default="heun", choices=["euler", "heun", "rk4", "dopri5"])
+    generate.add_argument("--steps", type=int, default=8)
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--out", required=True, help="output .h5ad file")
+    generate.set_defaults(run=_generate)
+    return parser
+
+
+def _add_setup_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="input .h5ad file (raw counts in X or --layer)")
+    parser.add_argument("--perturbation-key", default="perturbation")
+    parser.add_argument("--control", default="control")
+    parser.add_argument("--covariate-keys", nargs="*", default=[])
+    parser.add_argument("--dose-key", default=None)
+    parser.add_argument("--layer", default=None)
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from .benchmark import run_demo
+
+    run_demo(
+        n_cells=args.n_cells, n_genes=args.n_genes, flow_steps=args.flow_steps, seed=args.seed, out=args.out,
+        progress=not args.quiet,
+    )
+
+
+def _train(args: argparse.Namespace) -> None:
+    import anndata as ad
+
+    import cellflow as cf
+
+    adata = ad.read_h5ad(args.data)
+    cf.pp.setup(
+        adata, perturbation_key=args.perturbation_key, control=args.control, covariate_keys=args.covariate_keys,
+        dose_key=args.dose_key, layer=args.layer, counts=args.likelihood != "normal",
+    )
+    model = cf.CellFlow(
+        adata, backbone=args.backbone, latent_dim=args.latent_dim, likelihood=args.likelihood,
+        token_embedding=args.token_embedding, seed=args.seed,
+    )
+    model.train(vae_epochs=args.vae_epochs, flow_steps=args.flow_steps, progress_bar=not args.quiet)
+    model.save(args.out)
+    print(f"saved {model!r} to {args.out}")
+
+
+def _generate(args: argparse.Namespace) -> None:
+    import cellflow as cf
+
+    covariates = {}
+    for pair in args.covariates:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--covariates takes KEY=VALUE pairs, got {pair!r}.")
+        covariates[key] = value
+    model = cf.CellFlow.load(args.model)
+    pred = cf.tl.generate(
+        model, conditions=args.conditions, n_cells=args.n_cells, covariates=covariates, seed=args.seed,
+        method=args.method, steps=args.steps,
+    )
+    pred.write_h5ad(args.out)
+    print(f"wrote {pred.n_obs} cells x {pred.n_vars} genes to {args.out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Shared fixtures: small AnnData objects and the real data folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _torch_threads():
+    # Small matrices on 2 cores: one thread avoids OpenMP contention that slows tests ~10x.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def tiny_adata() -> ad.AnnData:
+    """60 cells x 8 genes of integer counts: control, A, B and A+B, two cell types."""
+    rng = np.random.default_rng(0)
+    labels = np.array(["control"] * 24 + ["A"] * 12 + ["B"] * 12 + ["A+B"] * 12)
+    obs = pd.DataFrame(
+        {
+            "perturbation": labels,
+            "cell_type": np.tile(["x", "y"], 30),
+            "dose": np.where(labels == "control", "0", np.where(np.char.find(labels, "+") > 0, "1+0.5", "1")),
+            "time": np.tile([1.0, 2.0, 3.0], 20),
+        },
+        index=[f"cell{i}" for i in range(60)],
+    )
+    counts = rng.poisson(3.0, size=(60, 8)).astype(np.float32)
+    adata = ad.AnnData(sp.csr_matrix(counts), obs=obs)
+    adata.var_names = [f"g{i}" for i in range(8)]
+    return adata
+
+
+def shared_file(name: str) -> Path:
+    """Path of a real data set in ../shared/data, or skip the test with the reason."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"real data {name} not found at {path} (../shared/data is only present in the project workspace/CI)")
+    return path
