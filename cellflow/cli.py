@@ -77,7 +77,11 @@ def _demo(args: argparse.Namespace) -> None:
     from .benchmark import run_demo
 
     run_demo(
-        n_cells=args.n_cells, n_genes=args.n_genes, flow_steps=args.flow_steps, seed=args.seed, out=args.out,
+        n_cells=args.n_cells,
+        n_genes=args.n_genes,
+        flow_steps=args.flow_steps,
+        seed=args.seed,
+        out=args.out,
         progress=not args.quiet,
     )
 
@@ -89,12 +93,21 @@ def _train(args: argparse.Namespace) -> None:
 
     adata = ad.read_h5ad(args.data)
     cf.pp.setup(
-        adata, perturbation_key=args.perturbation_key, control=args.control, covariate_keys=args.covariate_keys,
-        dose_key=args.dose_key, layer=args.layer, counts=args.likelihood != "normal",
+        adata,
+        perturbation_key=args.perturbation_key,
+        control=args.control,
+        covariate_keys=args.covariate_keys,
+        dose_key=args.dose_key,
+        layer=args.layer,
+        counts=args.likelihood != "normal",
     )
     model = cf.CellFlow(
-        adata, backbone=args.backbone, latent_dim=args.latent_dim, likelihood=args.likelihood,
-        token_embedding=args.token_embedding, seed=args.seed,
+        adata,
+        backbone=args.backbone,
+        latent_dim=args.latent_dim,
+        likelihood=args.likelihood,
+        token_embedding=args.token_embedding,
+        seed=args.seed,
     )
     model.train(vae_epochs=args.vae_epochs, flow_steps=args.flow_steps, progress_bar=not args.quiet)
     model.save(args.out)
@@ -112,8 +125,13 @@ def _generate(args: argparse.Namespace) -> None:
         covariates[key] = value
     model = cf.CellFlow.load(args.model)
     pred = cf.tl.generate(
-        model, conditions=args.conditions, n_cells=args.n_cells, covariates=covariates, seed=args.seed,
-        method=args.method, steps=args.steps,
+        model,
+        conditions=args.conditions,
+        n_cells=args.n_cells,
+        covariates=covariates,
+        seed=args.seed,
+        method=args.method,
+        steps=args.steps,
     )
     pred.write_h5ad(args.out)
     print(f"wrote {pred.n_obs} cells x {pred.n_vars} genes to {args.out}")

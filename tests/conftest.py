@@ -47,5 +47,36 @@ def shared_file(name: str) -> Path:
     """Path of a real data set in ../shared/data, or skip the test with the reason."""
     path = SHARED_DATA / name
     if not path.exists():
-        pytest.skip(f"real data {name} not found at {path} (../shared/data is only present in the project workspace/CI)")
+        pytest.skip(
+            f"real data {name} not found at {path} (../shared/data is only present in the project workspace/CI)"
+        )
     return path
+
+
+@pytest.fixture(scope="session")
+def screen():
+    """A small simulated screen (2 cell types), its condition table and a split holding out 2 combinations."""
+    import cellflow as cf
+    from cellflow.benchmark import conditions_frame, split_combinations
+
+    adata = cf.datasets.simulate_perturbseq(
+        n_cells=2400, n_genes=60, n_cell_types=2, n_perturbations=8, n_combinations=8, seed=3
+    )
+    setup = {"perturbation_key": "perturbation", "control": "control", "covariate_keys": ["cell_type"]}
+    cf.pp.setup(adata, **setup)
+    frame = conditions_frame(adata)
+    split = split_combinations(frame, n_combinations=2, n_singles=0, seed=0)
+    train = adata[split.train_mask].copy()
+    cf.pp.setup(train, **setup)
+    return adata, frame, split, train
+
+
+@pytest.fixture(scope="session")
+def trained(screen):
+    """A CellFlow model trained briefly on the training part of ``screen``."""
+    import cellflow as cf
+
+    _, _, _, train = screen
+    model = cf.CellFlow(train, latent_dim=16, backbone_kwargs={"hidden_dim": 128, "n_blocks": 2}, seed=0)
+    model.train(vae_epochs=150, flow_steps=600, progress_bar=False, accelerator="cpu")
+    return model

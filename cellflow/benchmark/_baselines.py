@@ -35,7 +35,10 @@ class Baseline:
         matrix = adata.layers[setup.layer] if setup.layer else adata.X
         self.expression = log_normalize(matrix) if setup.counts else np.asarray(matrix, dtype=np.float64)
         conditions = parse_obs_conditions(
-            adata.obs, perturbation_key=setup.perturbation_key, control=setup.control, dose_key=setup.dose_key,
+            adata.obs,
+            perturbation_key=setup.perturbation_key,
+            control=setup.control,
+            dose_key=setup.dose_key,
             sep=setup.combo_sep,
         )
         self.labels = np.array([c.label(setup.control, setup.combo_sep) for c in conditions])
@@ -140,7 +143,10 @@ def conditions_frame(adata: AnnData) -> pd.DataFrame:
     """Canonical condition label and context of every cell (helper for splits and scoring)."""
     setup = get_setup(adata)
     conditions = parse_obs_conditions(
-        adata.obs, perturbation_key=setup.perturbation_key, control=setup.control, dose_key=setup.dose_key,
+        adata.obs,
+        perturbation_key=setup.perturbation_key,
+        control=setup.control,
+        dose_key=setup.dose_key,
         sep=setup.combo_sep,
     )
     frame = pd.DataFrame(

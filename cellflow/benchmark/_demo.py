@@ -79,8 +79,14 @@ def run_demo(
 
     baselines = [AdditiveBaseline().fit(train), ControlBaseline().fit(train)]
     results = score_held_out(
-        adata, frame, split.held_out, model=model, baselines=baselines, covariate_keys=["cell_type"],
-        seed=seed, extra_metrics=truth_rmse,
+        adata,
+        frame,
+        split.held_out,
+        model=model,
+        baselines=baselines,
+        covariate_keys=["cell_type"],
+        seed=seed,
+        extra_metrics=truth_rmse,
     )
     results["kind"] = results["condition"].map(split.kind)
     noise = results["method"] == "noise_floor"

@@ -28,7 +28,12 @@ class Split:
 
 
 def split_combinations(
-    frame: pd.DataFrame, *, n_combinations: int = 4, n_singles: int = 0, seed: int = 0, control: str = "control",
+    frame: pd.DataFrame,
+    *,
+    n_combinations: int = 4,
+    n_singles: int = 0,
+    seed: int = 0,
+    control: str = "control",
     sep: str = "+",
 ) -> Split:
     """Hold out combinations whose single perturbations are all measured, and a few singles.

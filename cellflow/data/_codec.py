@@ -73,7 +73,8 @@ class ConditionCodec:
                 value = str(row[key])
                 if value not in lookup:
                     raise ValueError(
-                        f"{key}={value!r} was not seen in training; known values: {self.covariate_categories[key][:20]}."
+                        f"{key}={value!r} was not seen in training; "
+                        f"known values: {self.covariate_categories[key][:20]}."
                     )
                 codes[i, j] = lookup[value]
         return torch.from_numpy(codes)

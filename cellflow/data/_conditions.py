@@ -69,7 +69,9 @@ def parse_condition(label: str, *, control: str, sep: str = "+", dose: str | flo
     Condition(tokens=('A', 'B'), doses=(1.0, 0.5))
     """
     if not isinstance(label, str) or not label.strip():
-        raise ValueError(f"Empty perturbation label {label!r}: every cell needs a label (use {control!r} for controls).")
+        raise ValueError(
+            f"Empty perturbation label {label!r}: every cell needs a label (use {control!r} for controls)."
+        )
     label = label.strip()
     if label == control:
         return Condition((), ())
@@ -103,7 +105,9 @@ def _parse_doses(dose: str | float | None, *, n_tokens: int, label: str, sep: st
         try:
             values = [float(p) for p in parts]
         except ValueError:
-            raise ValueError(f"Dose {dose!r} of perturbation {label!r} is not a number (or numbers joined by {sep!r}).") from None
+            raise ValueError(
+                f"Dose {dose!r} of perturbation {label!r} is not a number (or numbers joined by {sep!r})."
+            ) from None
     if any(not math.isfinite(v) or v < 0 for v in values):
         raise ValueError(f"Dose {dose!r} of perturbation {label!r} must be finite and non-negative.")
     return values

@@ -125,7 +125,9 @@ def setup(
     _check_genes(adata)
     _check_values(matrix, counts=counts, where=f"adata.layers[{layer!r}]" if layer else "adata.X")
 
-    conditions = parse_obs_conditions(obs, perturbation_key=perturbation_key, control=control, dose_key=dose_key, sep=combo_sep)
+    conditions = parse_obs_conditions(
+        obs, perturbation_key=perturbation_key, control=control, dose_key=dose_key, sep=combo_sep
+    )
     n_control = int(sum(c.is_control for c in conditions))
     if n_control == 0:
         found = ", ".join(map(repr, pd.unique(obs[perturbation_key].astype(str))[:8]))
@@ -163,7 +165,9 @@ def setup(
 def get_setup(adata: AnnData) -> SetupConfig:
     """The setup recorded by :func:`setup`, or a clear error when it is missing."""
     if UNS_KEY not in adata.uns:
-        raise KeyError(f"Did not find adata.uns[{UNS_KEY!r}]. Run cf.pp.setup(adata, perturbation_key=..., control=...) first.")
+        raise KeyError(
+            f"Did not find adata.uns[{UNS_KEY!r}]. Run cf.pp.setup(adata, perturbation_key=..., control=...) first."
+        )
     return SetupConfig.from_uns(adata.uns[UNS_KEY])
 
 
@@ -176,7 +180,9 @@ def parse_obs_conditions(
     """
     labels = obs[perturbation_key]
     if labels.isna().any():
-        raise ValueError(f"adata.obs[{perturbation_key!r}] has missing labels; label every cell ({control!r} for controls).")
+        raise ValueError(
+            f"adata.obs[{perturbation_key!r}] has missing labels; label every cell ({control!r} for controls)."
+        )
     labels = labels.astype(str).to_numpy()
     doses = obs[dose_key].astype(str).to_numpy() if dose_key is not None else np.full(len(labels), "", dtype=object)
     if dose_key is not None and obs[dose_key].isna().any():
@@ -244,4 +250,6 @@ def _check_values(matrix, *, counts: bool, where: str) -> None:
 def _check_time(column: pd.Series, time_key: str) -> None:
     values = pd.to_numeric(column, errors="coerce")
     if values.isna().any() or not np.all(np.isfinite(values.to_numpy(dtype=float))):
-        raise ValueError(f"adata.obs[{time_key!r}] must be numeric and finite for every cell (time after perturbation).")
+        raise ValueError(
+            f"adata.obs[{time_key!r}] must be numeric and finite for every cell (time after perturbation)."
+        )

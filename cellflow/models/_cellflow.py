@@ -163,7 +163,7 @@ class CellFlow:
         *,
         vae_epochs: int | None = None,
         flow_steps: int = 2000,
-        batch_size: int = 256,
+        vae_batch_size: int = 1024,
         groups_per_batch: int = 8,
         cells_per_group: int = 32,
         lr: float = 1e-3,
@@ -178,11 +178,13 @@ class CellFlow:
         Parameters
         ----------
         vae_epochs
-            Epochs of the VAE; by default about 6,000 gradient steps, at most 400 epochs.
+            Epochs of the VAE; by default about 1,000 gradient steps (at least 50 and at
+            most 400 epochs).
         flow_steps
             Gradient steps of the flow.
-        batch_size
-            Minibatch size of the VAE.
+        vae_batch_size
+            Minibatch size of the VAE. Large batches keep the per-step overhead of small
+            networks on CPU low.
         groups_per_batch, cells_per_group
             A flow minibatch holds ``groups_per_batch`` conditions (in their contexts) with
             ``cells_per_group`` target cells each, paired with as many control cells.
@@ -208,6 +210,7 @@ class CellFlow:
         import lightning.pytorch as pl
 
         from ..train import FlowModule, FlowTrainingConfig, GroupBatches, GroupIndex
+        from ..train._quiet import quiet_lightning
         from .vae import LatentVAE, VAEConfig
 
         if coupling not in ("ot", "random"):
@@ -225,7 +228,7 @@ class CellFlow:
 
         start = time.perf_counter()
         if vae_epochs is None:
-            vae_epochs = int(np.clip(round(6000 * batch_size / max(1, adata.n_obs)), 20, 400))
+            vae_epochs = int(np.clip(round(1000 * vae_batch_size / max(1, adata.n_obs)), 50, 400))
         vae_config = VAEConfig(
             n_input=adata.n_vars,
             n_latent=cfg.latent_dim,
@@ -233,16 +236,17 @@ class CellFlow:
             n_layers=cfg.vae_layers,
             gene_likelihood=cfg.likelihood,
         )
-        self.vae = LatentVAE.fit(
-            matrix,
-            batch=batch,
-            config=vae_config,
-            max_epochs=vae_epochs,
-            batch_size=batch_size,
-            accelerator=accelerator,
-            devices=devices,
-            progress_bar=progress_bar,
-        )
+        with quiet_lightning():
+            self.vae = LatentVAE.fit(
+                matrix,
+                batch=batch,
+                config=vae_config,
+                max_epochs=vae_epochs,
+                batch_size=vae_batch_size,
+                accelerator=accelerator,
+                devices=devices,
+                progress_bar=progress_bar,
+            )
         latent = self.vae.encode(matrix, batch)
         self.history["vae_seconds"] = time.perf_counter() - start
 
@@ -283,17 +287,18 @@ class CellFlow:
         loader = torch.utils.data.DataLoader(
             GroupBatches(index, torch.arange(len(design.group_context)), train_config), batch_size=None
         )
-        trainer = pl.Trainer(
-            max_steps=flow_steps,
-            accelerator=accelerator,
-            devices=devices if accelerator != "cpu" else 1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_model_summary=False,
-            enable_progress_bar=progress_bar,
-            log_every_n_steps=50,
-        )
-        trainer.fit(module, train_dataloaders=loader)
+        with quiet_lightning():
+            trainer = pl.Trainer(
+                max_steps=flow_steps,
+                accelerator=accelerator,
+                devices=devices if accelerator != "cpu" else 1,
+                logger=False,
+                enable_checkpointing=False,
+                enable_model_summary=False,
+                enable_progress_bar=progress_bar,
+                log_every_n_steps=50,
+            )
+            trainer.fit(module, train_dataloaders=loader)
         self.encoder.cpu().eval()
         self.backbone.cpu().eval()
         self.history["flow_seconds"] = time.perf_counter() - start
@@ -352,19 +357,27 @@ class CellFlow:
 
         path = Path(path)
         if not (path / CONFIG_FILE).exists() or not (path / WEIGHTS_FILE).exists():
-            raise FileNotFoundError(f"{path} has no {CONFIG_FILE} and {WEIGHTS_FILE}; is it a directory saved by model.save?")
+            raise FileNotFoundError(
+                f"{path} has no {CONFIG_FILE} and {WEIGHTS_FILE}; is it a directory saved by model.save?"
+            )
         meta = json.loads((path / CONFIG_FILE).read_text())
         if meta.get("format") != "cellflow" or meta.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(f"{path} holds format {meta.get('format')!r} v{meta.get('format_version')}; update cellflow.")
+            raise ValueError(
+                f"{path} holds format {meta.get('format')!r} v{meta.get('format_version')}; update cellflow."
+            )
         tensors = load_file(str(path / WEIGHTS_FILE))
-        parts = {p: {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(p + ".")} for p in
-                 ("vae", "encoder", "backbone", "reference")}
+        parts = {
+            p: {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(p + ".")}
+            for p in ("vae", "encoder", "backbone", "reference")
+        }
         setup = SetupConfig.from_uns(meta["setup"])
         config = CellFlowConfig(**meta["model"])
         codec = ConditionCodec(meta["tokens"], meta["covariate_categories"], _embedding_hint(config.token_embedding))
         shape = meta["token_features_shape"]
         model = cls.__new__(cls)
-        model._init_parts(config, setup, codec, genes=meta["genes"], token_features=None if shape is None else np.zeros(shape))
+        model._init_parts(
+            config, setup, codec, genes=meta["genes"], token_features=None if shape is None else np.zeros(shape)
+        )
         model.encoder.load_state_dict(parts["encoder"], strict=True)
         model.backbone.load_state_dict(parts["backbone"], strict=True)
         model.encoder.eval(), model.backbone.eval()
@@ -419,8 +432,14 @@ def _training_design(adata, setup: SetupConfig, codec: ConditionCodec, condition
     )
     is_control = np.array([c.is_control for c in conditions])
     group_context = np.array([ctx for _, ctx, _ in group_keys], dtype=np.int64)
-    return _Design(group_codes.astype(np.int64), np.asarray(context_codes, dtype=np.int64), contexts, is_control,
-                   group_context, table)
+    return _Design(
+        group_codes.astype(np.int64),
+        np.asarray(context_codes, dtype=np.int64),
+        contexts,
+        is_control,
+        group_context,
+        table,
+    )
 
 
 def _check_model_inputs(adata, setup: SetupConfig, config: CellFlowConfig) -> None:

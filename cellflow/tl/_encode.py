@@ -18,7 +18,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("cellflow")
 
 
-def encode(model: CellFlow, adata: AnnData, *, layer: str | None = None, key_added: str = LATENT_KEY, copy: bool = False):
+def encode(
+    model: CellFlow, adata: AnnData, *, layer: str | None = None, key_added: str = LATENT_KEY, copy: bool = False
+):
     """Encode cells into the model's latent space (the VAE's posterior mean).
 
     Parameters

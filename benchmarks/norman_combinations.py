@@ -1,0 +1,190 @@
+"""Predict held-out double activations of Norman et al. 2019 (K562, CRISPRa) with cellflow.
+
+The five doubles ``A+B`` whose singles ``A`` and ``B`` are both measured are held out; the
+model trains on every other cell. Each held-out double is generated from the model and
+compared with its real cells, next to the additive and control baselines (fitted on the
+training split) and the noise floor (half of the real cells predicting the other half).
+Everything is scored in log-normalised expression; the energy distance uses 50 principal
+components fitted on the real data.
+
+Run: ``.venv/bin/python -u benchmarks/norman_combinations.py [--seed 0] [--seeds N] [--flow-steps 2000]
+[--latent-dim 32] [--source control] [--pooling mean] [--backbone-kwargs '{"hidden_dim": 512}'] [--out DIR]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "norman2019_mcfaline2023_subset.h5ad"
+METHODS = ["cellflow", "additive", "control", "noise_floor"]
+METRICS = ["energy_distance", "pearson_delta_top20", "pearson_delta"]
+N_DOUBLES = 5
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the Norman/McFaline-Figueroa subset (.h5ad)")
+    parser.add_argument("--seed", type=int, default=0, help="first training seed")
+    parser.add_argument("--seeds", type=int, default=1, help="number of training seeds (seed, seed+1, ...)")
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of the split (all 5 qualify)")
+    parser.add_argument("--flow-steps", type=int, default=2000)
+    parser.add_argument("--latent-dim", type=int, default=32)
+    parser.add_argument("--source", default="control", choices=["control", "noise"])
+    parser.add_argument("--pooling", default="mean", choices=["mean", "sum", "attention"])
+    parser.add_argument("--backbone-kwargs", type=json.loads, default={}, help='JSON, e.g. \'{"hidden_dim": 512}\'')
+    parser.add_argument("--out", type=Path, default=None, help="directory to write results.csv to")
+    args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error(f"--seeds {args.seeds}: give at least 1.")
+    if not isinstance(args.backbone_kwargs, dict):
+        parser.error(f"--backbone-kwargs {args.backbone_kwargs!r}: give a JSON object, e.g. '{{\"hidden_dim\": 512}}'.")
+    return args
+
+
+def load_norman(path: Path):
+    """The Norman 2019 cells of the subset (raw counts), or exit with a clear message if the file is absent."""
+    import anndata as ad
+
+    if not path.exists():
+        sys.exit(
+            f"Data file not found: {path}\n"
+            "This benchmark needs norman2019_mcfaline2023_subset.h5ad (see ../shared/data/README.md); "
+            "pass its location with --data PATH."
+        )
+    adata = ad.read_h5ad(path)
+    if "dataset" not in adata.obs.columns:
+        sys.exit(f"{path} has no obs['dataset'] column; is it the Norman/McFaline-Figueroa subset?")
+    adata = adata[adata.obs["dataset"].astype(str) == "norman19"].copy()
+    if adata.n_obs == 0:
+        sys.exit(f"{path} holds no cells with obs['dataset'] == 'norman19'.")
+    adata.obs["perturbation"] = adata.obs["perturbation"].astype(str)
+    return adata
+
+
+def train_and_score(adata, frame, train, held_out, baselines, args, seed: int) -> pd.DataFrame:
+    """Train cellflow with one seed and score every method on the held-out doubles."""
+    import cellflow as cf
+    from cellflow.benchmark import score_held_out
+
+    model = cf.CellFlow(
+        train, backbone="mlp", latent_dim=args.latent_dim, source=args.source, pooling=args.pooling,
+        backbone_kwargs=args.backbone_kwargs, seed=seed,
+    )
+    model.train(flow_steps=args.flow_steps, progress_bar=False)
+    results = score_held_out(adata, frame, held_out, model=model, baselines=baselines, seed=seed)
+    results["seed"] = seed
+    results["vae_seconds"] = model.history["vae_seconds"]
+    results["flow_seconds"] = model.history["flow_seconds"]
+    results["flow_final_loss"] = model.history.get("flow_final_loss", np.nan)
+    return results
+
+
+def per_condition_table(results: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Conditions x methods of one metric (mean over seeds), with the average over conditions as the last row."""
+    table = results.pivot_table(index="condition", columns="method", values=metric, aggfunc="mean")
+    table = table[[m for m in METHODS if m in table.columns]]
+    table.loc["mean"] = table.mean(axis=0)
+    return table
+
+
+def seed_summary(results: pd.DataFrame) -> pd.DataFrame:
+    """Mean and sd over seeds of each method's average over the held-out conditions."""
+    per_seed = results.groupby(["method", "seed"])[METRICS].mean()
+    summary = per_seed.groupby("method").agg(["mean", "std"])
+    return summary.reindex([m for m in METHODS if m in summary.index])
+
+
+def verdict_lines(results: pd.DataFrame) -> list[str]:
+    """One line per target: energy distance below additive; Pearson delta top-20 at least additive's."""
+    per_seed = results.groupby(["method", "seed"])[METRICS].mean()
+    mean = per_seed.groupby("method").mean()
+
+    def fmt(metric: str, method: str) -> str:
+        values = per_seed.loc[method, metric]
+        return f"{values.mean():.4f}" + (f" ± {values.std():.4f}" if len(values) > 1 else "")
+
+    energy_ok = mean.loc["cellflow", "energy_distance"] < mean.loc["additive", "energy_distance"]
+    pearson_ok = mean.loc["cellflow", "pearson_delta_top20"] >= mean.loc["additive", "pearson_delta_top20"]
+    return [
+        f"energy distance: cellflow {fmt('energy_distance', 'cellflow')} vs additive "
+        f"{fmt('energy_distance', 'additive')} -> {'below' if energy_ok else 'NOT below'}",
+        f"pearson delta top20: cellflow {fmt('pearson_delta_top20', 'cellflow')} vs additive "
+        f"{fmt('pearson_delta_top20', 'additive')} -> {'at least' if pearson_ok else 'NOT at least'}",
+    ]
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    """Run the benchmark and print per-condition and averaged scores, times and the verdicts."""
+    args = parse_args(argv)
+    import cellflow as cf
+    from cellflow.benchmark import AdditiveBaseline, ControlBaseline, conditions_frame, split_combinations
+
+    start = time.perf_counter()
+    adata = load_norman(args.data)
+    cf.pp.setup(adata, perturbation_key="perturbation", control="control")
+    frame = conditions_frame(adata)
+    split = split_combinations(frame, n_combinations=N_DOUBLES, n_singles=0, seed=args.split_seed)
+    held_out = sorted(split.held_out)
+    if len(held_out) < N_DOUBLES:
+        print(f"warning: only {len(held_out)} doubles have both singles measured (expected {N_DOUBLES}).")
+    train = adata[split.train_mask].copy()
+    cf.pp.setup(train, perturbation_key="perturbation", control="control")
+    baselines = [AdditiveBaseline().fit(train), ControlBaseline().fit(train)]
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    print(f"Norman 2019 (K562 CRISPRa): {adata.n_obs} cells x {adata.n_vars} genes; train {train.n_obs} cells")
+    print(f"held out ({len(held_out)} doubles, both singles in training): {', '.join(held_out)}")
+    print(
+        f"cellflow: backbone=mlp latent_dim={args.latent_dim} flow_steps={args.flow_steps} source={args.source} "
+        f"pooling={args.pooling} backbone_kwargs={args.backbone_kwargs}; seeds {seeds}"
+    )
+
+    runs = []
+    for seed in seeds:
+        results = train_and_score(adata, frame, train, held_out, baselines, args, seed)
+        row = results[results["method"] == "cellflow"].iloc[0]
+        generate = results.loc[results["method"] == "cellflow", "generate_seconds"].sum()
+        print(
+            f"  seed {seed}: VAE {row['vae_seconds']:.1f} s, flow {row['flow_seconds']:.1f} s "
+            f"(final loss {row['flow_final_loss']:.3f}), generation {generate:.1f} s for {len(held_out)} conditions",
+            flush=True,
+        )
+        runs.append(results)
+    results = pd.concat(runs, ignore_index=True)
+
+    with pd.option_context("display.width", 160, "display.precision", 4):
+        for metric in METRICS:
+            note = "lower is better" if metric == "energy_distance" else "higher is better"
+            print(f"\n{metric} ({note}; per held-out double, mean over {len(seeds)} seed(s)):")
+            print(per_condition_table(results, metric).to_string())
+        if len(seeds) > 1:
+            print(f"\naverage over the held-out doubles, mean ± sd over {len(seeds)} seeds:")
+            print(seed_summary(results).to_string())
+    model_rows = results[results["method"] == "cellflow"]
+    times = model_rows.groupby("seed").agg(
+        vae=("vae_seconds", "first"), flow=("flow_seconds", "first"), generate=("generate_seconds", "sum")
+    )
+    print(
+        f"\ntimes per seed (mean): VAE {times['vae'].mean():.1f} s, flow {times['flow'].mean():.1f} s, "
+        f"generation {times['generate'].mean():.1f} s (all {len(held_out)} doubles)"
+    )
+    print()
+    for line in verdict_lines(results):
+        print(line)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        results.to_csv(args.out / "results.csv", index=False)
+        print(f"\nwrote {args.out / 'results.csv'}")
+    print(f"done in {time.perf_counter() - start:.0f} s")
+    return results
+
+
+if __name__ == "__main__":
+    main()
