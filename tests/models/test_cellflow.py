@@ -131,3 +131,32 @@ def test_table_embedding_must_cover_training_tokens(screen):
     assert "NEW" in model.codec.tokens
     with pytest.raises(ValueError, match="has no row for"):
         cf.CellFlow(train, token_embedding=table.iloc[1:], latent_dim=4)
+
+
+def test_a_users_backbone_plugs_in_by_name(screen, tmp_path):
+    from torch import nn
+
+    from cellflow.models.backbones import Backbone, available_backbones, register_backbone
+
+    @register_backbone("test_linear")
+    class LinearVelocity(Backbone):
+        def __init__(self, dim, cond_dim, *, scale=1.0):
+            super().__init__(dim, cond_dim)
+            self.net = nn.Linear(dim + cond_dim + 1, dim)
+            self.scale = scale
+
+        def forward(self, z, s, cond):
+            s = torch.as_tensor(s, dtype=z.dtype).expand(z.shape[0])
+            return self.scale * self.net(torch.cat([z, cond.vector, s[:, None]], dim=1))
+
+    assert "test_linear" in available_backbones()
+    _, _, _, train = screen
+    model = cf.CellFlow(train[:500].copy(), backbone="test_linear", backbone_kwargs={"scale": 0.5}, latent_dim=4)
+    model.train(vae_epochs=2, flow_steps=5, progress_bar=False, accelerator="cpu")
+    model.save(tmp_path / "m")
+    loaded = cf.CellFlow.load(tmp_path / "m")
+    assert isinstance(loaded.backbone, LinearVelocity) and loaded.backbone.scale == 0.5
+    kwargs = {"conditions": ["control"], "n_cells": 5, "covariates": {"cell_type": "type_0"}}
+    np.testing.assert_array_equal(
+        cf.tl.generate(model, **kwargs).obsm["X_cellflow"], cf.tl.generate(loaded, **kwargs).obsm["X_cellflow"]
+    )
