@@ -6,10 +6,9 @@ import json
 import sys
 from pathlib import Path
 
+import nbclient  # test extras: a missing one should fail the suite, not skip the tutorials quietly
+import nbformat
 import pytest
-
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
 
 TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
 NOTEBOOKS = sorted(TUTORIALS.glob("*.ipynb"))

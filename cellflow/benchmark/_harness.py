@@ -30,6 +30,7 @@ def score_held_out(
     control: str = "control",
     seed: int = 0,
     extra_metrics: Callable[[np.ndarray, str, dict], dict] | None = None,
+    vae_ceiling: bool = True,
     progress: bool = False,
 ) -> pd.DataFrame:
     """Predict each held-out condition in each context where it was measured, and score it.
@@ -55,6 +56,10 @@ def score_held_out(
     extra_metrics
         ``f(pred_log_normalised, method, context) -> dict`` of further metrics (e.g. error
         against a simulator's ground truth).
+    vae_ceiling
+        With a model, also score ``vae_ceiling``: the real held-out cells passed through the
+        model's VAE (encoded, decoded, counts sampled). A latent flow cannot do better than
+        its autoencoder, so this row separates errors of the flow from those of the VAE.
     progress
         Print one line per condition.
 
@@ -86,6 +91,8 @@ def score_held_out(
                 start = time.perf_counter()
                 pred = generate(model, conditions=[condition], n_cells=len(truth), covariates=context, seed=seed)
                 predictions["cellflow"] = (log_normalize(pred.X), time.perf_counter() - start)
+                if vae_ceiling and model.config.batch_key is None:  # batches of real cells are not tracked here
+                    predictions["vae_ceiling"] = (_reconstruct(model, adata.X[in_condition & where], seed), None)
             for baseline in baselines:
                 predictions[baseline.name] = (
                     baseline.predict(condition, covariates=context, n_cells=len(truth), seed=seed),
@@ -104,10 +111,20 @@ def score_held_out(
     return pd.DataFrame(rows)
 
 
+def _reconstruct(model: CellFlow, counts, seed: int) -> np.ndarray:
+    """Real cells through the model's VAE: encode, decode with their own library sizes, sample counts."""
+    import torch
+
+    latent = torch.as_tensor(model.vae.encode(counts), dtype=torch.float32)
+    log_library = torch.log(torch.as_tensor(np.asarray(counts.sum(axis=1)), dtype=torch.float32).clamp_min(1.0))
+    generator = torch.Generator().manual_seed(seed)
+    return log_normalize(model.vae.decode(latent, log_library.view(-1, 1), generator=generator).numpy())
+
+
 def summary_table(results: pd.DataFrame, metrics: Sequence[str], by: Sequence[str] = ("method",)) -> pd.DataFrame:
     """Mean of ``metrics`` per method (and other ``by`` columns), methods in a fixed, readable order."""
     table = results.groupby(list(by))[list(metrics)].mean()
-    order = ["cellflow", "additive", "control", "perturbation_mean", "noise_floor"]
+    order = ["cellflow", "vae_ceiling", "additive", "control", "perturbation_mean", "noise_floor"]
     if list(by) == ["method"]:
         table = table.reindex([m for m in order if m in table.index] + [m for m in table.index if m not in order])
     return table

@@ -10,11 +10,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import torch
 
 from ..data._codec import ConditionCodec
-from ..data._conditions import Condition
 from ..data._setup import SetupConfig, get_setup, parse_obs_conditions
 from ._config import CellFlowConfig
 from ._embeddings import expression_features, table_features
@@ -115,6 +113,7 @@ class CellFlow:
             vae_hidden=vae_hidden,
             vae_layers=vae_layers,
             seed=seed,
+            time_scale=_time_scale(adata, setup),
         )
         _check_model_inputs(adata, setup, config)
         conditions = parse_obs_conditions(
@@ -149,6 +148,7 @@ class CellFlow:
             covariate_cardinalities=[len(v) for v in codec.covariate_categories.values()],
             use_time=setup.time_key is not None,
             pooling=config.pooling,
+            time_scale=config.time_scale,
         )
         self.backbone = get_backbone(config.backbone)(config.latent_dim, config.cond_dim, **config.backbone_kwargs)
         self.token_features_shape = None if token_features is None else list(np.shape(token_features))
@@ -209,7 +209,7 @@ class CellFlow:
 
         import lightning.pytorch as pl
 
-        from ..train import FlowModule, FlowTrainingConfig, GroupBatches, GroupIndex
+        from ..train import FlowModule, FlowTrainingConfig, GroupBatches, GroupIndex, build_training_design
         from ..train._quiet import quiet_lightning
         from .vae import LatentVAE, VAEConfig
 
@@ -246,12 +246,13 @@ class CellFlow:
                 accelerator=accelerator,
                 devices=devices,
                 progress_bar=progress_bar,
+                seed=cfg.seed,
             )
         latent = self.vae.encode(matrix, batch)
         self.history["vae_seconds"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        design = _training_design(adata, setup, self.codec, self._conditions)
+        design = build_training_design(adata, setup, self.codec, self._conditions)
         log_library = np.log(np.maximum(np.asarray(matrix.sum(axis=1)).ravel(), 1.0))
         self.reference = ControlReference.from_cells(
             latent[design.is_control],
@@ -397,51 +398,6 @@ class CellFlow:
         )
 
 
-class _Design:
-    """Groups (condition x context x time) of the training cells and their network inputs."""
-
-    def __init__(self, group, context, contexts, is_control, group_context, table) -> None:
-        self.group, self.context, self.contexts = group, context, contexts
-        self.is_control, self.group_context, self.table = is_control, group_context, table
-
-
-def _training_design(adata, setup: SetupConfig, codec: ConditionCodec, conditions: list[Condition]) -> _Design:
-    from ..train import GroupTable
-
-    obs = adata.obs
-    keys = list(setup.covariate_keys)
-    context_frame = obs[keys].astype(str) if keys else pd.DataFrame(index=obs.index)
-    if keys:
-        context_codes, context_uniques = pd.factorize(pd.MultiIndex.from_frame(context_frame))
-        contexts = [tuple(c) for c in context_uniques]
-    else:
-        context_codes, contexts = np.zeros(adata.n_obs, dtype=np.int64), [()]
-    time = obs[setup.time_key].astype(float).to_numpy() if setup.time_key else np.zeros(adata.n_obs)
-    cond_codes, cond_uniques = pd.factorize(pd.Series(conditions, dtype=object))
-    group_codes, group_keys = pd.factorize(pd.MultiIndex.from_arrays([cond_codes, context_codes, time]))
-    group_conditions = [cond_uniques[c] for c, _, _ in group_keys]
-    token_ids, doses, mask = codec.encode_conditions(group_conditions)
-    covariate_rows = [dict(zip(keys, contexts[ctx])) for _, ctx, _ in group_keys]
-    covariates = codec.encode_covariates(covariate_rows) if keys else torch.zeros(len(group_keys), 0, dtype=torch.long)
-    table = GroupTable(
-        token_ids=token_ids,
-        doses=doses,
-        mask=mask,
-        covariates=covariates,
-        time=torch.tensor([t for _, _, t in group_keys], dtype=torch.float32),
-    )
-    is_control = np.array([c.is_control for c in conditions])
-    group_context = np.array([ctx for _, ctx, _ in group_keys], dtype=np.int64)
-    return _Design(
-        group_codes.astype(np.int64),
-        np.asarray(context_codes, dtype=np.int64),
-        contexts,
-        is_control,
-        group_context,
-        table,
-    )
-
-
 def _check_model_inputs(adata, setup: SetupConfig, config: CellFlowConfig) -> None:
     if config.likelihood in ("nb", "zinb", "poisson") and not setup.counts:
         raise ValueError(
@@ -462,6 +418,14 @@ def _token_vocabulary(adata, setup, config, table, conditions):
     return expression_features(adata, setup, conditions, required=seen)
 
 
+def _time_scale(adata, setup: SetupConfig) -> float:
+    # Sinusoidal features resolve times in [0, 1] scaled by 1000; map the latest time point to 1.
+    if setup.time_key is None:
+        return 1000.0
+    latest = float(np.abs(adata.obs[setup.time_key].astype(float)).max())
+    return 1000.0 / latest if latest > 0 else 1000.0
+
+
 def _embedding_hint(kind: str) -> str:
     return {
         "learned": "token_embedding='learned' only knows tokens seen in training; use token_embedding='expression' "
@@ -479,7 +443,3 @@ def _registered_name(backbone: type) -> str:
         if cls is backbone:
             return name
     raise ValueError(f"{backbone!r} is not registered; decorate it with @register_backbone('name') first.")
-
-
-def _dense(matrix) -> np.ndarray:
-    return matrix.toarray() if sp.issparse(matrix) else np.asarray(matrix)

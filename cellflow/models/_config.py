@@ -38,6 +38,9 @@ class CellFlowConfig:
         Width and depth of the scvi-tools encoder and decoder.
     seed
         Seed of initialisation and training.
+    time_scale
+        Multiplies experimental time before its sinusoidal embedding; set from the data
+        (``1000 / largest time``) so the time points are well resolved.
     """
 
     backbone: str = "mlp"
@@ -52,6 +55,7 @@ class CellFlowConfig:
     vae_hidden: int = 128
     vae_layers: int = 1
     seed: int = 0
+    time_scale: float = 1000.0
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:

@@ -160,3 +160,15 @@ def test_a_users_backbone_plugs_in_by_name(screen, tmp_path):
     np.testing.assert_array_equal(
         cf.tl.generate(model, **kwargs).obsm["X_cellflow"], cf.tl.generate(loaded, **kwargs).obsm["X_cellflow"]
     )
+
+
+def test_training_is_repeatable_with_a_seed(screen):
+    _, _, _, train = screen
+    small = train[:500].copy()
+    kwargs = {"conditions": ["control"], "n_cells": 20, "covariates": {"cell_type": "type_0"}, "seed": 0}
+    latents = []
+    for _ in range(2):
+        model = cf.CellFlow(small, latent_dim=4, backbone_kwargs={"hidden_dim": 16, "n_blocks": 1}, seed=5)
+        model.train(vae_epochs=3, flow_steps=5, progress_bar=False, accelerator="cpu")
+        latents.append(cf.tl.generate(model, **kwargs).obsm["X_cellflow"])
+    np.testing.assert_array_equal(latents[0], latents[1])

@@ -91,13 +91,17 @@ class LatentVAE:
         devices: int | str = "auto",
         progress_bar: bool = True,
         early_stopping: bool = True,
+        seed: int = 0,
     ) -> LatentVAE:
         """Train scvi-tools' SCVI on ``matrix`` (cells x genes) and keep its module.
 
-        ``batch`` holds integer batch codes (``None`` without a batch covariate).
+        ``batch`` holds integer batch codes (``None`` without a batch covariate); ``seed``
+        makes the run repeatable (scvi-tools reseeds from its own setting, not from torch).
         """
         import anndata as ad
         import scvi
+
+        scvi.settings.seed = seed
 
         obs = pd.DataFrame(index=[str(i) for i in range(matrix.shape[0])])
         if batch is not None:
