@@ -37,9 +37,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the split (all 5 qualify)")
     parser.add_argument("--flow-steps", type=int, default=2000)
     parser.add_argument("--latent-dim", type=int, default=32)
+    parser.add_argument("--vae-epochs", type=int, default=None, help="VAE epochs (default: cellflow's)")
+    parser.add_argument("--vae-batch-size", type=int, default=None, help="VAE minibatch size (default: cellflow's)")
     parser.add_argument("--source", default="control", choices=["control", "noise"])
     parser.add_argument("--pooling", default="mean", choices=["mean", "sum", "attention"])
-    parser.add_argument("--backbone-kwargs", type=json.loads, default={}, help='JSON, e.g. \'{"hidden_dim": 512}\'')
+    parser.add_argument("--backbone-kwargs", type=json.loads, default={}, help="JSON, e.g. '{\"hidden_dim\": 512}'")
     parser.add_argument("--out", type=Path, default=None, help="directory to write results.csv to")
     args = parser.parse_args(argv)
     if args.seeds < 1:
@@ -75,10 +77,18 @@ def train_and_score(adata, frame, train, held_out, baselines, args, seed: int) -
     from cellflow.benchmark import score_held_out
 
     model = cf.CellFlow(
-        train, backbone="mlp", latent_dim=args.latent_dim, source=args.source, pooling=args.pooling,
-        backbone_kwargs=args.backbone_kwargs, seed=seed,
+        train,
+        backbone="mlp",
+        latent_dim=args.latent_dim,
+        source=args.source,
+        pooling=args.pooling,
+        backbone_kwargs=args.backbone_kwargs,
+        seed=seed,
     )
-    model.train(flow_steps=args.flow_steps, progress_bar=False)
+    vae_options = {"vae_epochs": args.vae_epochs}
+    if args.vae_batch_size is not None:
+        vae_options["vae_batch_size"] = args.vae_batch_size
+    model.train(flow_steps=args.flow_steps, progress_bar=False, **vae_options)
     results = score_held_out(adata, frame, held_out, model=model, baselines=baselines, seed=seed)
     results["seed"] = seed
     results["vae_seconds"] = model.history["vae_seconds"]
@@ -97,8 +107,9 @@ def per_condition_table(results: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 def seed_summary(results: pd.DataFrame) -> pd.DataFrame:
     """Mean and sd over seeds of each method's average over the held-out conditions."""
-    per_seed = results.groupby(["method", "seed"])[METRICS].mean()
-    summary = per_seed.groupby("method").agg(["mean", "std"])
+    per_seed = results.groupby(["method", "seed"])[METRICS].mean().groupby("method")
+    mean, sd = per_seed.mean(), per_seed.std()
+    summary = mean.map("{:.4f}".format) + " ± " + sd.map("{:.4f}".format)
     return summary.reindex([m for m in METHODS if m in summary.index])
 
 
@@ -143,7 +154,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     print(f"held out ({len(held_out)} doubles, both singles in training): {', '.join(held_out)}")
     print(
         f"cellflow: backbone=mlp latent_dim={args.latent_dim} flow_steps={args.flow_steps} source={args.source} "
-        f"pooling={args.pooling} backbone_kwargs={args.backbone_kwargs}; seeds {seeds}"
+        f"pooling={args.pooling} backbone_kwargs={args.backbone_kwargs} vae_epochs={args.vae_epochs} "
+        f"vae_batch_size={args.vae_batch_size}; seeds {seeds}"
     )
 
     runs = []

@@ -61,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--out", required=True, help="output .h5ad file")
     generate.set_defaults(run=_generate)
+    _add_benchmark(verbs)
     return parser
 
 
@@ -135,6 +136,53 @@ def _generate(args: argparse.Namespace) -> None:
     )
     pred.write_h5ad(args.out)
     print(f"wrote {pred.n_obs} cells x {pred.n_vars} genes to {args.out}")
+
+
+def _add_benchmark(verbs) -> None:
+    bench = verbs.add_parser(
+        "benchmark", help="hold out conditions of a real screen, train, predict, score against baselines, report"
+    )
+    bench.add_argument("--data", required=True, help="input .h5ad file (raw counts in X)")
+    bench.add_argument("--split", required=True, choices=["combinations", "singles", "covariate_transfer"])
+    bench.add_argument("--out", required=True, help="directory for results.csv, report.md and plots")
+    bench.add_argument("--perturbation-key", default="perturbation")
+    bench.add_argument("--control", default="control")
+    bench.add_argument("--covariate-keys", nargs="*", default=[])
+    bench.add_argument("--subset-key", default=None, help="keep cells with obs[KEY] == --subset-value")
+    bench.add_argument("--subset-value", default=None)
+    bench.add_argument("--n-held-out", type=int, default=None)
+    bench.add_argument("--flow-steps", type=int, default=2000)
+    bench.add_argument("--vae-epochs", type=int, default=None)
+    bench.add_argument("--latent-dim", type=int, default=32)
+    bench.add_argument("--token-embedding", default="learned", choices=["learned", "expression"])
+    bench.add_argument("--accelerator", default="auto")
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--quiet", action="store_true")
+    bench.set_defaults(run=_benchmark)
+
+
+def _benchmark(args: argparse.Namespace) -> None:
+    from .benchmark import run_benchmark
+
+    if (args.subset_key is None) != (args.subset_value is None):
+        raise ValueError("--subset-key and --subset-value go together (e.g. --subset-key dataset --subset-value x).")
+    run_benchmark(
+        args.data,
+        split=args.split,
+        out=args.out,
+        perturbation_key=args.perturbation_key,
+        control=args.control,
+        covariate_keys=args.covariate_keys,
+        subset=None if args.subset_key is None else (args.subset_key, args.subset_value),
+        n_held_out=args.n_held_out,
+        flow_steps=args.flow_steps,
+        vae_epochs=args.vae_epochs,
+        latent_dim=args.latent_dim,
+        token_embedding=args.token_embedding,
+        seed=args.seed,
+        accelerator=args.accelerator,
+        progress=not args.quiet,
+    )
 
 
 if __name__ == "__main__":

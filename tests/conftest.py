@@ -78,5 +78,5 @@ def trained(screen):
 
     _, _, _, train = screen
     model = cf.CellFlow(train, latent_dim=16, backbone_kwargs={"hidden_dim": 128, "n_blocks": 2}, seed=0)
-    model.train(vae_epochs=150, flow_steps=600, progress_bar=False, accelerator="cpu")
+    model.train(vae_epochs=40, flow_steps=600, progress_bar=False, accelerator="cpu")
     return model

@@ -27,3 +27,13 @@ __all__ = [
     "split_combinations",
     "summary_table",
 ]
+from ._latent import LatentArithmeticBaseline  # noqa: E402
+from ._linear import LinearBaseline  # noqa: E402
+
+__all__ += ["LatentArithmeticBaseline", "LinearBaseline"]
+from ._splits import split_combinations_by_seen, split_covariate_transfer, split_singles  # noqa: E402
+
+__all__ += ["split_combinations_by_seen", "split_covariate_transfer", "split_singles"]
+from ._run import run_benchmark  # noqa: E402
+
+__all__ += ["run_benchmark"]

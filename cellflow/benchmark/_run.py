@@ -1,0 +1,199 @@
+"""``cellflow benchmark``: train on a split of a real screen, predict the held-out conditions, score every method."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from ..metrics import log_normalize
+from ._baselines import AdditiveBaseline, ControlBaseline, conditions_frame
+from ._latent import LatentArithmeticBaseline
+from ._linear import LinearBaseline
+from ._scoring import ConditionScorer
+from ._splits import Split, split_combinations_by_seen, split_covariate_transfer, split_singles
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+SPLITS = ("combinations", "singles", "covariate_transfer")
+
+
+def run_benchmark(
+    data: str | Path | AnnData,
+    *,
+    split: str = "combinations",
+    out: str | Path,
+    perturbation_key: str = "perturbation",
+    control: str = "control",
+    covariate_keys: Sequence[str] = (),
+    subset: tuple[str, str] | None = None,
+    n_held_out: int | None = None,
+    flow_steps: int = 2000,
+    vae_epochs: int | None = None,
+    latent_dim: int = 32,
+    token_embedding: str = "learned",
+    seed: int = 0,
+    accelerator: str = "auto",
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Hold out conditions, train CellFlow and the baselines, predict, score, and write a report.
+
+    Parameters
+    ----------
+    data
+        An ``.h5ad`` file of raw counts (or an AnnData).
+    split
+        ``"combinations"`` (up to ``n_held_out`` combinations with both, one and neither
+        single measured), ``"singles"`` (``n_held_out`` single perturbations and, out of
+        training, their combinations) or ``"covariate_transfer"`` (``n_held_out``
+        perturbations held out in one value of the first covariate, seen in the others).
+    out
+        Directory for ``results.csv``, ``report.md`` and the plots.
+    perturbation_key, control, covariate_keys
+        As in :func:`cellflow.pp.setup`.
+    subset
+        ``(column, value)``: keep only cells with ``obs[column] == value``.
+    n_held_out
+        See ``split`` (defaults: 2 per kind, 3 singles, 3 perturbations).
+    flow_steps, vae_epochs, latent_dim, token_embedding, seed, accelerator
+        Model and training options (:class:`cellflow.CellFlow`).
+    progress
+        Print progress lines.
+
+    Returns
+    -------
+    One row per method, held-out condition and context: the metrics of
+    :class:`~cellflow.benchmark._scoring.ConditionScorer` and ``note`` (why a method
+    could not predict a condition). Methods: ``cellflow``, every baseline, ``noise_floor``.
+    """
+    import anndata as ad
+
+    import cellflow as cf
+
+    from ._report import write_report
+
+    say = print if progress else (lambda *a, **k: None)
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r} must be one of {SPLITS}.")
+    keys = list(covariate_keys)
+    if split == "covariate_transfer" and not keys:
+        raise ValueError("split='covariate_transfer' needs covariate_keys (e.g. ['cell_type']).")
+    times: dict[str, float] = {}
+    start = time.perf_counter()
+    adata = ad.read_h5ad(data) if isinstance(data, str | Path) else data
+    if subset is not None:
+        column, value = subset
+        if column not in adata.obs.columns:
+            raise KeyError(f"subset column {column!r} is not in obs; columns: {list(adata.obs.columns)}.")
+        adata = adata[adata.obs[column].astype(str) == str(value)].copy()
+        if adata.n_obs == 0:
+            raise ValueError(f"No cell has obs[{column!r}] == {value!r}.")
+    setup = {"perturbation_key": perturbation_key, "control": control, "covariate_keys": keys}
+    cf.pp.setup(adata, **setup)
+    frame = conditions_frame(adata)
+    chosen = _split(frame, split, keys, n_held_out, seed, control)
+    if not chosen.held_out:
+        raise ValueError(f"The {split!r} split found nothing to hold out in this data.")
+    say(f"[1/5] {adata.n_obs} cells x {adata.n_vars} genes; held out ({split}):")
+    for condition, kind in chosen.kind.items():
+        say(f"      {condition}: {kind}")
+    train = adata[chosen.train_mask].copy()
+    cf.pp.setup(train, **setup)
+
+    say(f"[2/5] Training CellFlow on {train.n_obs} cells ({flow_steps} flow steps)")
+    tic = time.perf_counter()
+    model = cf.CellFlow(train, latent_dim=latent_dim, token_embedding=token_embedding, seed=seed)
+    model.train(flow_steps=flow_steps, vae_epochs=vae_epochs, progress_bar=progress, accelerator=accelerator)
+    times["train cellflow (VAE + flow)"] = time.perf_counter() - tic
+    say(f"      VAE {model.history['vae_seconds']:.1f} s, flow {model.history['flow_seconds']:.1f} s")
+
+    say("[3/5] Fitting the baselines")
+    baselines = []
+    for baseline in (ControlBaseline(), AdditiveBaseline(), LinearBaseline(), LatentArithmeticBaseline(model)):
+        tic = time.perf_counter()
+        baselines.append(baseline.fit(train))
+        times[f"fit {baseline.name}"] = time.perf_counter() - tic
+
+    say("[4/5] Predicting and scoring the held-out conditions")
+    tic = time.perf_counter()
+    results, changes = _score(adata, frame, chosen, model, baselines, keys, control, seed, say)
+    times["predict and score"] = time.perf_counter() - tic
+    results["kind"] = results["condition"].map(chosen.kind)
+    times["total"] = time.perf_counter() - start
+
+    say("[5/5] Writing results.csv, report.md and plots")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results.to_csv(out / "results.csv", index=False)
+    description = {
+        "data": str(data) if isinstance(data, str | Path) else "AnnData",
+        "subset": f"{subset[0]}={subset[1]}" if subset else "all cells",
+        "split": split,
+        "cells": f"{adata.n_obs} ({train.n_obs} in training)",
+        "genes": adata.n_vars,
+        "flow steps": flow_steps,
+        "seed": seed,
+    }
+    write_report(results, changes, out, description=description, times=times, keys=keys)
+    say(f"      wrote {out / 'results.csv'} and {out / 'report.md'} in {times['total']:.0f} s")
+    return results
+
+
+def _split(frame, split, keys, n_held_out, seed, control) -> Split:
+    if split == "combinations":
+        return split_combinations_by_seen(frame, n_per_kind=n_held_out or 2, seed=seed, control=control)
+    if split == "singles":
+        return split_singles(frame, n_singles=n_held_out or 3, seed=seed, control=control)
+    return split_covariate_transfer(frame, covariate_key=keys[0], n_perturbations=n_held_out or 3, seed=seed)
+
+
+def _score(adata, frame, split, model, baselines, keys, control, seed, say):
+    """Rows of scores, and the mean change from control per gene of every prediction (for the plots)."""
+    from ..tl import generate
+
+    real = log_normalize(adata.X)
+    scorer = ConditionScorer(real)
+    labels = frame["condition"].to_numpy()
+    rows, changes = [], []
+    for condition in split.held_out:
+        in_condition = labels == condition
+        if split.contexts and condition in split.contexts:
+            contexts = split.contexts[condition]
+        else:
+            contexts = frame.loc[in_condition, keys].drop_duplicates().to_dict("records") if keys else [{}]
+        for context in contexts:
+            where = np.ones(len(frame), dtype=bool)
+            for key, value in context.items():
+                where &= frame[key].to_numpy() == value
+            truth, controls = real[in_condition & where], real[(labels == control) & where]
+            label = {"condition": condition, **{k: context.get(k) for k in keys}, "n_cells": len(truth)}
+            predictions: dict[str, np.ndarray | str] = {}
+            try:
+                pred = generate(model, conditions=[condition], n_cells=len(truth), covariates=context, seed=seed)
+                predictions["cellflow"] = log_normalize(pred.X)
+            except (ValueError, KeyError) as error:
+                predictions["cellflow"] = str(error).splitlines()[0][:200]
+            for baseline in baselines:
+                try:
+                    predictions[baseline.name] = baseline.predict(
+                        condition, covariates=context, n_cells=len(truth), seed=seed
+                    )
+                except ValueError as error:
+                    predictions[baseline.name] = str(error).splitlines()[0][:200]
+            true_change = truth.mean(axis=0) - controls.mean(axis=0)
+            for method, pred in predictions.items():
+                if isinstance(pred, str):  # the method cannot predict this condition
+                    rows.append({"method": method, **label, "note": pred})
+                    continue
+                rows.append({"method": method, **label, **scorer.score(pred, truth, controls)})
+                changes.append(
+                    {"method": method, **label, "true": true_change, "pred": pred.mean(axis=0) - controls.mean(axis=0)}
+                )
+            rows.append({"method": "noise_floor", **label, **scorer.noise_floor(truth, controls, seed=seed)})
+            say(f"      scored {condition} {context or ''}")
+    return pd.DataFrame(rows), changes

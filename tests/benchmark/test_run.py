@@ -1,0 +1,86 @@
+"""The benchmark end to end on a tiny simulated screen, and the report's sentences."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import cellflow as cf
+from cellflow.benchmark._report import losses
+from cellflow.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_file(tmp_path_factory):
+    adata = cf.datasets.simulate_perturbseq(
+        n_cells=400, n_genes=20, n_cell_types=2, n_perturbations=5, n_combinations=5, seed=1
+    )
+    path = tmp_path_factory.mktemp("data") / "tiny.h5ad"
+    adata.write_h5ad(path)
+    return path
+
+
+def test_cli_benchmark_end_to_end(tiny_file, tmp_path, capsys):
+    out = tmp_path / "bench"
+    args = ["benchmark", "--data", str(tiny_file), "--split", "combinations", "--out", str(out)]
+    args += ["--covariate-keys", "cell_type", "--flow-steps", "3", "--vae-epochs", "1", "--latent-dim", "4"]
+    assert main([*args, "--accelerator", "cpu"]) == 0
+    assert "[5/5]" in capsys.readouterr().out  # progress lines
+    results = pd.read_csv(out / "results.csv")
+    methods = {"cellflow", "control", "additive", "linear", "latent_arithmetic", "noise_floor"}
+    assert set(results["method"]) == methods
+    held = set(results["condition"])
+    assert held and all("+" in c for c in held)
+    # one row per method for every held-out condition and cell type
+    assert (results.groupby(["condition", "cell_type"])["method"].nunique() == len(methods)).all()
+    assert results["pearson_delta"].notna().all() and results["energy_distance"].notna().all()
+    report = (out / "report.md").read_text()
+    assert "## Mean over held-out conditions" in report and "## Time taken" in report
+    assert "## Where cellflow loses to a baseline" in report
+    for plot in ("per_condition_pearson_delta.png", "per_condition_energy_distance.png", "changes.png"):
+        assert (out / plot).stat().st_size > 1000
+
+
+def test_cli_benchmark_bad_input(tiny_file, tmp_path, capsys):
+    base = ["benchmark", "--data", str(tiny_file), "--out", str(tmp_path)]
+    assert main([*base, "--split", "covariate_transfer"]) == 1
+    assert "covariate_keys" in capsys.readouterr().err
+    assert main([*base, "--split", "singles", "--subset-key", "cell_type"]) == 1
+    assert main([*base, "--split", "singles", "--subset-key", "cell_type", "--subset-value", "nope"]) == 1
+    assert "No cell has" in capsys.readouterr().err
+
+
+def test_loss_sentences_follow_the_metric_direction():
+    results = pd.DataFrame(
+        {
+            "method": ["cellflow", "additive", "cellflow", "additive"],
+            "condition": ["A+B", "A+B", "C+D", "C+D"],
+            "pearson_delta": [0.9, 0.5, 0.8, 0.6],  # cellflow better on both
+            "energy_distance": [2.0, 1.0, 1.0, 3.0],  # cellflow worse on one, better on average (1.5 vs 2.0)
+            "mse_top20": [0.5, 0.1, 0.5, 0.2],  # cellflow worse on both
+        }
+    )
+    sentences = losses(results, ["pearson_delta", "energy_distance", "mse_top20"])
+    assert len(sentences) == 1
+    assert sentences[0].startswith("cellflow loses to additive on mse_top20") and "2 of 2" in sentences[0]
+    assert "0.500 vs 0.150" in sentences[0]
+
+
+def test_report_says_when_cellflow_predicts_nothing(tmp_path):
+    from cellflow.benchmark._report import write_report
+
+    results = pd.DataFrame(
+        {
+            "method": ["cellflow", "linear", "noise_floor"],
+            "condition": ["A", "A", "A"],
+            "pearson_delta": [np.nan, 0.3, 0.9],
+            "energy_distance": [np.nan, 2.0, 0.1],
+            "note": ["cannot embed A", np.nan, np.nan],
+        }
+    )
+    changes = [{"method": "linear", "condition": "A", "true": np.ones(3), "pred": np.zeros(3)}]
+    report = write_report(results, changes, tmp_path, description={"split": "singles"}, times={"total": 1.0})
+    text = report.read_text()
+    assert "No comparison: cellflow could not predict any held-out condition" in text
+    assert "- cellflow, A: cannot embed A" in text and "Nowhere" not in text
