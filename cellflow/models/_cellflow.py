@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -156,6 +157,7 @@ class CellFlow:
         self.reference: ControlReference | None = None
         self.history: dict[str, float] = {}
         self.batch_categories: list[str] = []
+        self._latent = None
 
     # ------------------------------------------------------------------ training
     def train(
@@ -206,16 +208,46 @@ class CellFlow:
         -------
         The model itself, trained.
         """
-        import time
+        if self.adata is None:
+            raise RuntimeError("This model was loaded without training data; it can generate but not train.")
+        self.train_vae(
+            epochs=vae_epochs,
+            batch_size=vae_batch_size,
+            accelerator=accelerator,
+            devices=devices,
+            progress_bar=progress_bar,
+        )
+        self.train_flow(
+            steps=flow_steps,
+            groups_per_batch=groups_per_batch,
+            cells_per_group=cells_per_group,
+            lr=lr,
+            coupling=coupling,
+            condition_dropout=condition_dropout,
+            accelerator=accelerator,
+            devices=devices,
+            progress_bar=progress_bar,
+        )
+        return self
 
+    def train_vae(
+        self,
+        *,
+        epochs: int | None = None,
+        batch_size: int = 128,
+        accelerator: str = "auto",
+        devices: int | str = "auto",
+        progress_bar: bool = True,
+    ) -> CellFlow:
+        """Train the VAE (scvi-tools) and encode every training cell once (first half of :meth:`train`).
+
+        Parameters are those of :meth:`train` (``vae_epochs``, ``vae_batch_size``, ...).
+        """
         import lightning.pytorch as pl
 
-        from ..train import FlowModule, FlowTrainingConfig, GroupBatches, GroupIndex, build_training_design
         from ..train._quiet import quiet_lightning
         from .vae import LatentVAE, VAEConfig
 
-        if coupling not in ("ot", "random"):
-            raise ValueError(f"coupling={coupling!r} must be 'ot' or 'random'.")
         if self.adata is None:
             raise RuntimeError("This model was loaded without training data; it can generate but not train.")
         adata, setup, cfg = self.adata, self.setup, self.config
@@ -226,10 +258,9 @@ class CellFlow:
             categorical = pd.Categorical(adata.obs[cfg.batch_key].astype(str))
             self.batch_categories = list(categorical.categories)
             batch = categorical.codes.astype(np.int64)
-
         start = time.perf_counter()
-        if vae_epochs is None:
-            vae_epochs = int(np.clip(round(8000 * vae_batch_size / max(1, adata.n_obs)), 50, 400))
+        if epochs is None:
+            epochs = int(np.clip(round(8000 * batch_size / max(1, adata.n_obs)), 50, 400))
         vae_config = VAEConfig(
             n_input=adata.n_vars,
             n_latent=cfg.latent_dim,
@@ -242,19 +273,51 @@ class CellFlow:
                 matrix,
                 batch=batch,
                 config=vae_config,
-                max_epochs=vae_epochs,
-                batch_size=vae_batch_size,
+                max_epochs=epochs,
+                batch_size=batch_size,
                 accelerator=accelerator,
                 devices=devices,
                 progress_bar=progress_bar,
                 seed=cfg.seed,
             )
-        latent = self.vae.encode(matrix, batch)
+        self._latent = self.vae.encode(matrix, batch)
+        self._batch = batch
+        self._log_library = np.log(np.maximum(np.asarray(matrix.sum(axis=1)).ravel(), 1.0))
         self.history["vae_seconds"] = time.perf_counter() - start
+        return self
 
+    def train_flow(
+        self,
+        *,
+        steps: int = 2000,
+        groups_per_batch: int = 8,
+        cells_per_group: int = 32,
+        lr: float = 1e-3,
+        coupling: str = "ot",
+        condition_dropout: float = 0.0,
+        accelerator: str = "auto",
+        devices: int | str = "auto",
+        progress_bar: bool = True,
+    ) -> CellFlow:
+        """Train the flow on the latents of :meth:`train_vae` (second half of :meth:`train`).
+
+        Calling it again retrains the flow from its current weights with the same VAE.
+        Parameters are those of :meth:`train` (``flow_steps``, ...).
+        """
+        import lightning.pytorch as pl
+
+        from ..train import FlowModule, FlowTrainingConfig, GroupBatches, GroupIndex, build_training_design
+        from ..train._quiet import quiet_lightning
+
+        if coupling not in ("ot", "random"):
+            raise ValueError(f"coupling={coupling!r} must be 'ot' or 'random'.")
+        if getattr(self, "_latent", None) is None:
+            raise RuntimeError("Train the VAE first: model.train_vae() (or model.train() for both).")
+        adata, setup, cfg = self.adata, self.setup, self.config
+        pl.seed_everything(cfg.seed, verbose=False)
+        latent, batch, log_library = self._latent, self._batch, self._log_library
         start = time.perf_counter()
         design = build_training_design(adata, setup, self.codec, self._conditions)
-        log_library = np.log(np.maximum(np.asarray(matrix.sum(axis=1)).ravel(), 1.0))
         self.reference = ControlReference.from_cells(
             latent[design.is_control],
             log_library[design.is_control],
@@ -270,7 +333,7 @@ class CellFlow:
             design.group, design.context, design.is_control, len(design.group_context), len(design.contexts)
         )
         train_config = FlowTrainingConfig(
-            max_steps=flow_steps,
+            max_steps=steps,
             groups_per_batch=groups_per_batch,
             cells_per_group=cells_per_group,
             lr=lr,
@@ -291,7 +354,7 @@ class CellFlow:
         )
         with quiet_lightning():
             trainer = pl.Trainer(
-                max_steps=flow_steps,
+                max_steps=steps,
                 accelerator=accelerator,
                 devices=devices if accelerator != "cpu" else 1,
                 logger=False,

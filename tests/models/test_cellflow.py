@@ -99,6 +99,8 @@ def test_untrained_model_and_bad_options(screen):
     model = cf.CellFlow(train, latent_dim=4)
     with pytest.raises(RuntimeError, match="not trained yet"):
         cf.tl.generate(model, conditions=["control"], covariates={"cell_type": "type_0"})
+    with pytest.raises(RuntimeError, match="Train the VAE first"):
+        model.train_flow(steps=1)
     with pytest.raises(ValueError, match="Unknown backbone 'transformer'"):
         cf.CellFlow(train, backbone="transformer")
     with pytest.raises(ValueError, match="source="):
