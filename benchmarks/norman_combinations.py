@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vae-epochs", type=int, default=None, help="VAE epochs (default: cellflow's)")
     parser.add_argument("--vae-batch-size", type=int, default=None, help="VAE minibatch size (default: cellflow's)")
     parser.add_argument("--source", default="control", choices=["control", "noise"])
-    parser.add_argument("--pooling", default="mean", choices=["mean", "sum", "attention"])
+    parser.add_argument("--pooling", default="sum", choices=["mean", "sum", "attention"])
     parser.add_argument("--backbone-kwargs", type=json.loads, default={}, help="JSON, e.g. '{\"hidden_dim\": 512}'")
     parser.add_argument("--out", type=Path, default=None, help="directory to write results.csv to")
     args = parser.parse_args(argv)

@@ -61,7 +61,9 @@ class CellFlow:
     cond_dim
         Size of the condition vector.
     pooling
-        Pooling of the perturbation set: ``"mean"``, ``"sum"`` or ``"attention"``.
+        Pooling of the perturbation set: ``"sum"`` (default: the condition of ``A+B`` is
+        the sum of the token embeddings, an additive prior that generalises to unseen
+        combinations of seen perturbations), ``"mean"`` or ``"attention"``.
     backbone_kwargs
         Options of the backbone (e.g. ``hidden_dim``, ``n_blocks`` for ``"mlp"``).
     vae_hidden, vae_layers
@@ -89,7 +91,7 @@ class CellFlow:
         source: str = "control",
         token_embedding: str | pd.DataFrame = "learned",
         cond_dim: int = 128,
-        pooling: str = "mean",
+        pooling: str = "sum",
         backbone_kwargs: dict | None = None,
         vae_hidden: int = 128,
         vae_layers: int = 1,

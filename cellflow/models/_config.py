@@ -51,7 +51,7 @@ class CellFlowConfig:
     source: str = "control"
     token_embedding: str = "learned"
     cond_dim: int = 128
-    pooling: str = "mean"
+    pooling: str = "sum"
     vae_hidden: int = 128
     vae_layers: int = 1
     seed: int = 0
