@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from ..data._setup import get_setup, parse_obs_conditions
+from ..data._setup import get_setup, setup_conditions
 from ..metrics import log_normalize
 
 if TYPE_CHECKING:
@@ -34,13 +34,7 @@ class Baseline:
         self.setup = setup
         matrix = adata.layers[setup.layer] if setup.layer else adata.X
         self.expression = log_normalize(matrix) if setup.counts else np.asarray(matrix, dtype=np.float64)
-        conditions = parse_obs_conditions(
-            adata.obs,
-            perturbation_key=setup.perturbation_key,
-            control=setup.control,
-            dose_key=setup.dose_key,
-            sep=setup.combo_sep,
-        )
+        conditions = setup_conditions(adata, setup)
         self.labels = np.array([c.label(setup.control, setup.combo_sep) for c in conditions])
         keys = list(setup.covariate_keys)
         self.contexts = (
@@ -142,13 +136,7 @@ def available_baselines() -> dict[str, type[Baseline]]:
 def conditions_frame(adata: AnnData) -> pd.DataFrame:
     """Canonical condition label and context of every cell (helper for splits and scoring)."""
     setup = get_setup(adata)
-    conditions = parse_obs_conditions(
-        adata.obs,
-        perturbation_key=setup.perturbation_key,
-        control=setup.control,
-        dose_key=setup.dose_key,
-        sep=setup.combo_sep,
-    )
+    conditions = setup_conditions(adata, setup)
     frame = pd.DataFrame(
         {"condition": [c.label(setup.control, setup.combo_sep) for c in conditions]}, index=adata.obs_names
     )

@@ -196,6 +196,17 @@ def parse_obs_conditions(
     return [parsed[i] for i in codes]
 
 
+def setup_conditions(adata: AnnData, setup: SetupConfig) -> list[Condition]:
+    """Every cell's :class:`Condition`, read as ``setup`` (from :func:`get_setup`) says."""
+    return parse_obs_conditions(
+        adata.obs,
+        perturbation_key=setup.perturbation_key,
+        control=setup.control,
+        dose_key=setup.dose_key,
+        sep=setup.combo_sep,
+    )
+
+
 def _check_columns(obs: pd.DataFrame, perturbation_key: str, covariate_keys, dose_key, time_key) -> None:
     wanted = [("perturbation_key", perturbation_key)] + [("covariate_keys", k) for k in covariate_keys]
     wanted += [(name, key) for name, key in (("dose_key", dose_key), ("time_key", time_key)) if key is not None]

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from ..data._codec import ConditionCodec
-from ..data._setup import SetupConfig, get_setup, parse_obs_conditions
+from ..data._setup import SetupConfig, get_setup, setup_conditions
 from ._config import CellFlowConfig
 from ._embeddings import expression_features, table_features
 from ._reference import ControlReference
@@ -119,13 +119,7 @@ class CellFlow:
             time_scale=_time_scale(adata, setup),
         )
         _check_model_inputs(adata, setup, config)
-        conditions = parse_obs_conditions(
-            adata.obs,
-            perturbation_key=setup.perturbation_key,
-            control=setup.control,
-            dose_key=setup.dose_key,
-            sep=setup.combo_sep,
-        )
+        conditions = setup_conditions(adata, setup)
         categories = {k: sorted(map(str, pd.unique(adata.obs[k].astype(str)))) for k in setup.covariate_keys}
         tokens, features = _token_vocabulary(adata, setup, config, table, conditions)
         codec = ConditionCodec(tokens, categories, embedding_hint=_embedding_hint(config.token_embedding))
