@@ -204,8 +204,8 @@ class CellFlow:
         -------
         The model itself, trained.
         """
-        if self.adata is None:
-            raise RuntimeError("This model was loaded without training data; it can generate but not train.")
+        # Check the flow's options now: a bad one must not surface after minutes of VAE training.
+        _check_flow_options(steps=flow_steps, coupling=coupling, condition_dropout=condition_dropout)
         self.train_vae(
             epochs=vae_epochs,
             batch_size=vae_batch_size,
@@ -305,8 +305,7 @@ class CellFlow:
         from ..train import FlowModule, FlowTrainingConfig, GroupBatches, GroupIndex, build_training_design
         from ..train._quiet import quiet_lightning
 
-        if coupling not in ("ot", "random"):
-            raise ValueError(f"coupling={coupling!r} must be 'ot' or 'random'.")
+        _check_flow_options(steps=steps, coupling=coupling, condition_dropout=condition_dropout)
         if getattr(self, "_latent", None) is None:
             raise RuntimeError("Train the VAE first: model.train_vae() (or model.train() for both).")
         adata, setup, cfg = self.adata, self.setup, self.config
@@ -456,6 +455,15 @@ class CellFlow:
             f"likelihood={self.config.likelihood!r}, source={self.config.source!r}, "
             f"{len(self.genes)} genes, {len(self.codec.tokens)} tokens, covariates={self.codec.covariate_keys})"
         )
+
+
+def _check_flow_options(*, steps: int, coupling: str, condition_dropout: float) -> None:
+    if coupling not in ("ot", "random"):
+        raise ValueError(f"coupling={coupling!r} must be 'ot' or 'random'.")
+    if steps < 1:
+        raise ValueError(f"flow_steps={steps} must be at least 1.")
+    if not 0.0 <= condition_dropout < 1.0:
+        raise ValueError(f"condition_dropout={condition_dropout} must lie in [0, 1).")
 
 
 def _check_model_inputs(adata, setup: SetupConfig, config: CellFlowConfig) -> None:
