@@ -18,6 +18,7 @@ from ..data._setup import SetupConfig, get_setup, setup_conditions
 from ._config import CellFlowConfig
 from ._embeddings import expression_features, table_features
 from ._reference import ControlReference
+from ._token_shift import TokenShifts
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -52,6 +53,12 @@ class CellFlow:
         Column of ``adata.obs`` with technical batches, a covariate of the VAE.
     source
         ``"control"`` (control cells of the same context) or ``"noise"``.
+    source_shift
+        ``"additive"`` (default with ``source="control"``): source cells start moved by the
+        sum of their tokens' mean latent shifts measured on single perturbations (latent
+        arithmetic), and the flow learns what arithmetic misses: interactions, changes of
+        spread. ``"none"``: the flow carries control cells the whole way (the default with
+        ``source="noise"``).
     token_embedding
         How perturbation tokens are embedded: ``"learned"`` (a vector per token seen in
         training), ``"expression"`` (the perturbed gene's co-expression profile in control
@@ -89,6 +96,7 @@ class CellFlow:
         likelihood: str = "nb",
         batch_key: str | None = None,
         source: str = "control",
+        source_shift: str | None = None,
         token_embedding: str | pd.DataFrame = "learned",
         cond_dim: int = 128,
         pooling: str = "sum",
@@ -110,6 +118,7 @@ class CellFlow:
             likelihood=likelihood,
             batch_key=batch_key,
             source=source,
+            source_shift=source_shift or ("additive" if source == "control" else "none"),
             token_embedding="table" if table is not None else token_embedding,
             cond_dim=cond_dim,
             pooling=pooling,
@@ -151,6 +160,7 @@ class CellFlow:
         self.token_features_shape = None if token_features is None else list(np.shape(token_features))
         self.vae = None
         self.reference: ControlReference | None = None
+        self.token_shift: TokenShifts | None = None
         self.history: dict[str, float] = {}
         self.batch_categories: list[str] = []
         self._latent = None
@@ -302,8 +312,7 @@ class CellFlow:
         """
         import lightning.pytorch as pl
 
-        from ..train import FlowModule, FlowTrainingConfig, GroupBatches, GroupIndex, build_training_design
-        from ..train._quiet import quiet_lightning
+        from ..train import FlowModule, FlowTrainingConfig, GroupIndex, build_training_design, fit_flow_module
 
         _check_flow_options(steps=steps, coupling=coupling, condition_dropout=condition_dropout)
         if getattr(self, "_latent", None) is None:
@@ -324,6 +333,15 @@ class CellFlow:
         if cfg.source == "control" and missing:
             names = [dict(zip(setup.covariate_keys, design.contexts[i])) for i in missing]
             raise ValueError(f"No control cells in context(s) {names}; they are needed as the flow's source.")
+        group_shift = None
+        if cfg.source_shift == "additive":
+            self.token_shift = TokenShifts.from_cells(
+                latent, self._conditions, design.context, len(design.contexts), self.codec.tokens
+            )
+            table = design.table
+            group_shift = self.token_shift(
+                table.token_ids, table.doses, table.mask, torch.as_tensor(design.group_context)
+            )
         index = GroupIndex.build(
             design.group, design.context, design.is_control, len(design.group_context), len(design.contexts)
         )
@@ -342,27 +360,129 @@ class CellFlow:
             groups=design.table,
             latent=torch.as_tensor(latent, dtype=torch.float32),
             source=cfg.source,
+            source_shift=group_shift,
             config=train_config,
         )
-        loader = torch.utils.data.DataLoader(
-            GroupBatches(index, torch.arange(len(design.group_context)), train_config), batch_size=None
+        loss = fit_flow_module(
+            module,
+            index,
+            len(design.group_context),
+            train_config,
+            accelerator=accelerator,
+            devices=devices,
+            progress_bar=progress_bar,
         )
-        with quiet_lightning():
-            trainer = pl.Trainer(
-                max_steps=steps,
-                accelerator=accelerator,
-                devices=devices if accelerator != "cpu" else 1,
-                logger=False,
-                enable_checkpointing=False,
-                enable_model_summary=False,
-                enable_progress_bar=progress_bar,
-                log_every_n_steps=50,
-            )
-            trainer.fit(module, train_dataloaders=loader)
-        self.encoder.cpu().eval()
-        self.backbone.cpu().eval()
+        self._flow_state = (module, index, train_config)  # what reflow starts from
         self.history["flow_seconds"] = time.perf_counter() - start
-        self.history["flow_final_loss"] = float(trainer.callback_metrics.get("train_loss", float("nan")))
+        self.history["flow_final_loss"] = loss
+        self.history["flow_steps"] = steps
+        self.history["condition_dropout"] = condition_dropout
+        self.history["reflow_rounds"] = 0
+        self.history["distill_steps"] = 0
+        return self
+
+    def reflow(
+        self,
+        *,
+        rounds: int = 1,
+        steps: int = 1000,
+        pairs_per_group: int = 256,
+        method: str = "heun",
+        ode_steps: int = 16,
+        distill_steps: int | None = None,
+        lr: float = 5e-4,
+        accelerator: str = "auto",
+        devices: int | str = "auto",
+        progress_bar: bool = True,
+    ) -> CellFlow:
+        """Straighten the trained flow so that few solver steps suffice (reflow, then distillation).
+
+        Each round draws ``pairs_per_group`` fresh source cells for every training group,
+        carries them with the current flow's ODE, and trains the flow further on these fixed
+        (source, end point) pairs (Liu et al. 2023, "Flow straight and fast"). Straighter
+        paths lose less to coarse Euler steps.
+
+        Parameters
+        ----------
+        rounds
+            Reflow rounds (``k`` in ``k``-rectified flow).
+        steps
+            Gradient steps per round.
+        pairs_per_group
+            Pairs drawn per training group and round.
+        method, ode_steps
+            Solver that produces the pairs (accurate: the pairs are the new targets).
+        distill_steps
+            With ``k``, the last round trains the velocity only at the flow times of a
+            ``k``-step Euler solve (``0, 1/k, ...``), so ``cf.tl.generate(method="euler",
+            steps=k)`` lands on the paired end points (distillation).
+        lr
+            Learning rate (continuing from the trained weights).
+        accelerator, devices, progress_bar
+            As in :meth:`train`.
+
+        Returns
+        -------
+        The model itself.
+        """
+        from ..train import FlowTrainingConfig, GroupIndex, fit_flow_module, flow_pairs
+
+        if rounds < 1 or steps < 1 or pairs_per_group < 1 or ode_steps < 1:
+            raise ValueError(
+                f"rounds, steps, pairs_per_group and ode_steps must be at least 1, got {rounds=}, {steps=}, "
+                f"{pairs_per_group=}, {ode_steps=}."
+            )
+        if distill_steps is not None and distill_steps < 1:
+            raise ValueError(f"distill_steps={distill_steps} must be at least 1 (or None).")
+        if getattr(self, "_flow_state", None) is None:
+            raise RuntimeError("reflow needs a flow trained in this session: call model.train() first.")
+        module, index, config = self._flow_state
+        start = time.perf_counter()
+        generator = torch.Generator().manual_seed(self.config.seed + 1)
+        for round_ in range(rounds):
+            last = round_ == rounds - 1
+            module.cpu().eval()
+            z0, z1, group = flow_pairs(
+                module, index, pairs_per_group=pairs_per_group, method=method, steps=ode_steps, generator=generator
+            )
+            n_groups = len(index.size)
+            pair_index = GroupIndex.build(
+                group,
+                index.group_context[group].numpy(),
+                np.ones(len(group), dtype=bool),
+                n_groups,
+                len(index.source_size),
+            )
+            round_config = FlowTrainingConfig(
+                **{
+                    **vars(config),
+                    "max_steps": steps,
+                    "lr": lr,
+                    "seed": config.seed + 1 + round_,
+                    "distill_steps": distill_steps if last else None,
+                }
+            )
+            round_module = type(module)(
+                module.encoder,
+                module.backbone,
+                groups=_group_table(module),
+                latent=z1,
+                source=module.source,
+                pair_source=z0,
+                config=round_config,
+            )
+            self.history["reflow_final_loss"] = fit_flow_module(
+                round_module,
+                pair_index,
+                n_groups,
+                round_config,
+                accelerator=accelerator,
+                devices=devices,
+                progress_bar=progress_bar,
+            )
+        self.history["reflow_rounds"] = self.history.get("reflow_rounds", 0) + rounds
+        self.history["distill_steps"] = distill_steps or 0
+        self.history["reflow_seconds"] = time.perf_counter() - start
         return self
 
     @property
@@ -391,6 +511,8 @@ class CellFlow:
         tensors |= {f"encoder.{k}": v.detach().cpu().contiguous() for k, v in self.encoder.state_dict().items()}
         tensors |= {f"backbone.{k}": v.detach().cpu().contiguous() for k, v in self.backbone.state_dict().items()}
         tensors |= {f"reference.{k}": v for k, v in self.reference.tensors().items()}
+        if self.token_shift is not None:
+            tensors |= {f"shift.{k}": v for k, v in self.token_shift.tensors().items()}
         save_file(tensors, str(path / WEIGHTS_FILE))
         meta = {
             "format": "cellflow",
@@ -428,7 +550,7 @@ class CellFlow:
         tensors = load_file(str(path / WEIGHTS_FILE))
         parts = {
             p: {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(p + ".")}
-            for p in ("vae", "encoder", "backbone", "reference")
+            for p in ("vae", "encoder", "backbone", "reference", "shift")
         }
         setup = SetupConfig.from_uns(meta["setup"])
         config = CellFlowConfig(**meta["model"])
@@ -443,6 +565,9 @@ class CellFlow:
         model.encoder.eval(), model.backbone.eval()
         model.vae = LatentVAE.from_state_dict(parts["vae"], VAEConfig(**meta["vae"]))
         model.reference = ControlReference.from_tensors(parts["reference"], [tuple(c) for c in meta["contexts"]])
+        model.token_shift = TokenShifts.from_tensors(parts["shift"]) if parts["shift"] else None
+        if config.source_shift == "additive" and model.token_shift is None:
+            raise ValueError(f"{path} is missing the source shifts its configuration uses; the file is damaged.")
         model.history = meta.get("history", {})
         model.batch_categories = meta.get("batch_categories", [])
         model.adata, model._conditions = None, None
@@ -455,6 +580,12 @@ class CellFlow:
             f"likelihood={self.config.likelihood!r}, source={self.config.source!r}, "
             f"{len(self.genes)} genes, {len(self.codec.tokens)} tokens, covariates={self.codec.covariate_keys})"
         )
+
+
+def _group_table(module):
+    from ..train import GroupTable
+
+    return GroupTable(**{name: getattr(module, f"group_{name}").cpu() for name in GroupTable.__dataclass_fields__})
 
 
 def _check_flow_options(*, steps: int, coupling: str, condition_dropout: float) -> None:

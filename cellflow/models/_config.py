@@ -49,6 +49,7 @@ class CellFlowConfig:
     likelihood: str = "nb"
     batch_key: str | None = None
     source: str = "control"
+    source_shift: str = "none"
     token_embedding: str = "learned"
     cond_dim: int = 128
     pooling: str = "sum"
@@ -60,6 +61,12 @@ class CellFlowConfig:
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise ValueError(f"source={self.source!r} must be one of {SOURCES}.")
+        if self.source_shift not in ("additive", "none"):
+            raise ValueError(f"source_shift={self.source_shift!r} must be 'additive' or 'none'.")
+        if self.source_shift == "additive" and self.source != "control":
+            raise ValueError(
+                "source_shift='additive' moves control cells; with source='noise' use source_shift='none'."
+            )
         if self.token_embedding not in TOKEN_EMBEDDINGS:
             raise ValueError(
                 f"token_embedding={self.token_embedding!r} must be 'learned', 'expression' or a pandas DataFrame "

@@ -30,6 +30,7 @@ def generate(
     seed: int = 0,
     method: str = "heun",
     steps: int = 8,
+    guidance: float = 1.0,
     sample_counts: bool = True,
 ) -> AnnData:
     """Generate cells of the given conditions with a trained model.
@@ -60,6 +61,11 @@ def generate(
     method, steps
         ODE solver (``"euler"``, ``"heun"``, ``"rk4"`` with ``steps`` fixed steps, or
         ``"dopri5"``, adaptive).
+    guidance
+        Classifier-free guidance scale ``w``: the velocity is ``v(null) + w * (v(condition)
+        - v(null))``. ``1`` (default) uses the condition alone; ``w > 1`` pushes further
+        from the unconditional flow, ``0`` ignores the condition. Needs a model trained
+        with ``condition_dropout > 0`` (the null condition is learned there).
     sample_counts
         Sample counts from the likelihood; ``False`` returns its mean (expected counts).
 
@@ -89,6 +95,7 @@ def generate(
         for i, c in enumerate(conditions)
     ]
     codec.check_tokens(parsed)
+    _check_guidance(model, guidance)
     time_points = _time_points(model, times)
     context_values = _context(model, covariates)
     context = model.reference.context_code(context_values)
@@ -100,15 +107,25 @@ def generate(
     for cond in parsed:
         ids, dose, mask = codec.encode_conditions([cond])
         for t in time_points:
+            time_point = torch.tensor([t], dtype=torch.float32)
             with torch.no_grad():
-                enc = model.encoder(ids, dose, mask, covariate_codes, torch.tensor([t], dtype=torch.float32))
-            enc = EncodedCondition(*(x.expand(n_cells, *x.shape[1:]) for x in enc))
+                enc = model.encoder(ids, dose, mask, covariate_codes, time_point)
+                null = model.encoder(ids, dose, mask, covariate_codes, time_point, drop=torch.ones(1, dtype=torch.bool))
+            if not model.backbone.broadcasts_condition:
+                enc, null = (EncodedCondition(*(x.expand(n_cells, *x.shape[1:]) for x in e)) for e in (enc, null))
             z0, log_library, batch = model.reference.sample(context, n_cells, generator)
             if model.config.source == "noise":
                 z0 = torch.randn(z0.shape, generator=generator)
+            if model.token_shift is not None:
+                z0 = z0 + model.token_shift(ids, dose, mask, torch.tensor([context]))
 
-            def velocity(z, s, enc=enc):
-                return model.backbone(z, s, enc)
+            def velocity(z, s, enc=enc, null=null):
+                if model.backbone.broadcasts_condition:
+                    s = s[:1]  # the solver's one flow time, for the one condition
+                if guidance == 1.0:
+                    return model.backbone(z, s, enc)
+                unconditional = model.backbone(z, s, null)
+                return unconditional + guidance * (model.backbone(z, s, enc) - unconditional)
 
             solver_fn = ODESolver(velocity)
             z1 = solver_fn.sample(z0, method=method, steps=steps)
@@ -126,11 +143,22 @@ def generate(
         "backbone": model.config.backbone,
         "method": method,
         "steps": int(steps),
+        "guidance": float(guidance),
         "seed": int(seed),
         "sample_counts": bool(sample_counts),
         "function_evaluations_per_condition": int(solver_fn.last_nfe),
     }
     return out
+
+
+def _check_guidance(model: CellFlow, guidance: float) -> None:
+    if not np.isfinite(guidance) or guidance < 0:
+        raise ValueError(f"guidance={guidance} must be a finite number >= 0 (1 = no guidance).")
+    if guidance != 1.0 and not model.history.get("condition_dropout", 0.0) > 0:
+        raise ValueError(
+            f"guidance={guidance} needs a null condition, but this model was trained with condition_dropout=0. "
+            "Train with e.g. model.train(condition_dropout=0.1), or use guidance=1."
+        )
 
 
 def _time_points(model: CellFlow, times: Sequence[float] | None) -> list[float]:

@@ -34,8 +34,9 @@ class FlowTrainingConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 100
-    coupling: str = "ot"  # "ot" or "random"
+    coupling: str = "ot"  # "ot" or "random"; ignored for fixed pairs (reflow)
     condition_dropout: float = 0.0
+    distill_steps: int | None = None  # train s only on the grid of a k-step Euler solve
     seed: int = 0
 
 
@@ -69,6 +70,12 @@ class FlowModule(pl.LightningModule):
         ``(N, D)`` latent of every cell (precomputed once by the VAE).
     source
         ``"control"`` (flow from control cells of the same context) or ``"noise"``.
+    source_shift
+        ``(G, D)`` shift added to the source cells of each group (``source_shift="additive"``
+        of :class:`~cellflow.CellFlow`), or ``None``.
+    pair_source
+        ``(N, D)`` fixed source of every row of ``latent`` (reflow: ``latent`` holds where the
+        previous flow carried these sources). Rows are then neither re-paired nor shifted.
     config
         Optimisation settings.
     """
@@ -81,6 +88,8 @@ class FlowModule(pl.LightningModule):
         groups: GroupTable | None = None,
         latent: torch.Tensor | None = None,
         source: str = "control",
+        source_shift: torch.Tensor | None = None,
+        pair_source: torch.Tensor | None = None,
         config: FlowTrainingConfig | None = None,
     ) -> None:
         super().__init__()
@@ -93,6 +102,8 @@ class FlowModule(pl.LightningModule):
                 self.register_buffer(f"group_{name}", value, persistent=False)
         if latent is not None:
             self.register_buffer("latent", latent, persistent=False)
+        self.register_buffer("source_shift", source_shift, persistent=False)
+        self.register_buffer("pair_source", pair_source, persistent=False)
 
     def encode(self, token_ids, doses, mask, covariates, time, drop=None) -> EncodedCondition:
         """Encode conditions (see :class:`cellflow.nn.ConditionEncoder`)."""
@@ -116,10 +127,19 @@ class FlowModule(pl.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         target, source, batch_group = batch
         z1 = self.latent[target]
-        z0 = self.latent[source] if self.source == "control" else torch.randn_like(z1)
-        pairing = ot_pairing_grouped if self.config.coupling == "ot" else random_pairing
-        z0 = z0[pairing(z0, z1, batch_group)]
+        if self.pair_source is not None:
+            z0 = self.pair_source[target]  # reflow: the pairs are fixed by the previous flow
+        else:
+            z0 = self.latent[source] if self.source == "control" else torch.randn_like(z1)
+            if self.source_shift is not None:
+                z0 = z0 + self.source_shift[batch_group]
+            pairing = ot_pairing_grouped if self.config.coupling == "ot" else random_pairing
+            z0 = z0[pairing(z0, z1, batch_group)]
         s = sample_flow_time(z1.shape[0], device=z1.device)
+        if self.config.distill_steps:
+            # Distillation to k Euler steps: the velocity only has to be right on their grid.
+            k = self.config.distill_steps
+            s = torch.floor(s * k) / k
         path = self.path.sample(z0, z1, s)
         # Encode each distinct group once, then expand to its rows.
         unique, inverse = torch.unique(batch_group, return_inverse=True)

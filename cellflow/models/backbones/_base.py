@@ -43,10 +43,14 @@ class Backbone(nn.Module):
     Subclasses implement :meth:`forward` and accept their own keyword options, which
     must be JSON-serialisable (they are saved in checkpoints). A backbone whose state is a
     time course (``z`` of shape ``(B, T, D)``) sets the class attribute
-    ``sequence_over_time = True``.
+    ``sequence_over_time = True``. A backbone that accepts one condition for the whole
+    batch (``cond`` with batch size 1 and a scalar ``s``, broadcast over the rows of ``z``)
+    sets ``broadcasts_condition = True``: generation then computes the condition's
+    modulation once per solver step instead of once per cell.
     """
 
     sequence_over_time: bool = False
+    broadcasts_condition: bool = False
 
     def __init__(self, dim: int, cond_dim: int) -> None:
         super().__init__()

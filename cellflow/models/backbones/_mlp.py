@@ -73,7 +73,12 @@ class MLPBackbone(Backbone):
     >>> cond = EncodedCondition(torch.randn(4, 16), torch.zeros(4, 0, 16), torch.zeros(4, 0, dtype=torch.bool))
     >>> net(torch.randn(4, 8), torch.rand(4), cond).abs().max().item()
     0.0
+
+    One condition (batch 1) and a scalar ``s`` broadcast over all rows of ``z``, so the
+    modulation is computed once (what generation does).
     """
+
+    broadcasts_condition = True
 
     def __init__(
         self,
@@ -122,13 +127,15 @@ class MLPBackbone(Backbone):
             raise ValueError(f"MLPBackbone expects z of shape (B, {self.dim}), got {tuple(z.shape)}.")
         batch = z.shape[0]
         s = torch.as_tensor(s, dtype=z.dtype, device=z.device)
-        if s.dim() == 0:
-            s = s.expand(batch)  # ODE solvers pass one time for the whole batch
-        if s.shape != (batch,):
+        # One condition and one time for the whole batch: modulate once, broadcast over rows.
+        shared = cond.vector.shape[0] == 1 and s.numel() == 1
+        rows = 1 if shared else batch
+        s = s.reshape(-1).expand(rows) if s.numel() == 1 else s
+        if s.shape != (rows,):
             raise ValueError(f"s must be a scalar or have shape ({batch},), got {tuple(s.shape)}.")
-        if cond.vector.shape != (batch, self.cond_dim):
+        if cond.vector.shape != (rows, self.cond_dim):
             raise ValueError(f"cond.vector must have shape ({batch}, {self.cond_dim}), got {tuple(cond.vector.shape)}.")
-        c = nn.functional.silu(self.time_embedder(s) + self.cond_projection(cond.vector))  # (B, H)
+        c = nn.functional.silu(self.time_embedder(s) + self.cond_projection(cond.vector))  # (B or 1, H)
         x = self.input_layer(z)  # (B, H)
         for block in self.blocks:
             x = block(x, c)  # (B, H)

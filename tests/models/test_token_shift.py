@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+import torch
+
+from cellflow.data._conditions import parse_condition
+from cellflow.models._token_shift import TokenShifts
+
+
+def _cells():
+    """Two contexts; A measured alone in both, B only in context 0, C only inside a combination."""
+    labels = ["control", "control", "A", "A", "B", "A+C", "control", "control", "A"]
+    doses = [None, None, "2", "2", "1", "1+1", None, None, "1"]
+    context = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1])
+    latent = np.array([[0, 0], [2, 0], [5, 1], [3, 1], [1, 4], [9, 9], [10, 10], [10, 12], [11, 11]], dtype=float)
+    conditions = [parse_condition(lab, control="control", dose=d) for lab, d in zip(labels, doses)]
+    return latent, conditions, context
+
+
+def test_shifts_are_mean_differences_per_unit_dose():
+    latent, conditions, context = _cells()
+    shifts = TokenShifts.from_cells(latent, conditions, context, 2, ["A", "B", "C"])
+    # context 0: control mean (1, 0); A at dose 2 has mean (4, 1) -> (3, 1) / 2
+    np.testing.assert_allclose(shifts.table[0, 0], [1.5, 0.5])
+    np.testing.assert_allclose(shifts.table[0, 1], [0.0, 4.0])  # B: (1, 4) - (1, 0)
+    # context 1: control mean (10, 11); A at dose 1: (11, 11) -> (1, 0)
+    np.testing.assert_allclose(shifts.table[1, 0], [1.0, 0.0])
+    # B never measured in context 1: its shift from context 0 transfers
+    np.testing.assert_allclose(shifts.table[1, 1], [0.0, 4.0])
+    # C never measured alone: no shift anywhere
+    np.testing.assert_allclose(shifts.table[:, 2], 0.0)
+    assert shifts.measured.tolist() == [[True, True, False], [True, False, False]]
+
+
+def test_shift_of_a_combination_is_the_dose_weighted_sum():
+    latent, conditions, context = _cells()
+    shifts = TokenShifts.from_cells(latent, conditions, context, 2, ["A", "B", "C"])
+    token_ids = torch.tensor([[0, 1], [0, 0], [0, 2]])
+    doses = torch.tensor([[1.0, 0.5], [2.0, 0.0], [1.0, 1.0]])
+    mask = torch.tensor([[True, True], [True, False], [True, True]])
+    out = shifts(token_ids, doses, mask, torch.tensor([0, 1, 0]))
+    expected = [[1.5 + 0.0, 0.5 + 2.0], [2.0, 0.0], [1.5, 0.5]]
+    np.testing.assert_allclose(out.numpy(), expected)
+
+
+def test_round_trip_through_tensors():
+    latent, conditions, context = _cells()
+    shifts = TokenShifts.from_cells(latent, conditions, context, 2, ["A", "B", "C"])
+    again = TokenShifts.from_tensors(shifts.tensors())
+    assert torch.equal(again.table, shifts.table) and torch.equal(again.measured, shifts.measured)
+
+
+def test_additive_shift_needs_control_source():
+    from cellflow.models._config import CellFlowConfig
+
+    with pytest.raises(ValueError, match="source='noise'"):
+        CellFlowConfig(source="noise", source_shift="additive")
+    with pytest.raises(ValueError, match="'additive' or 'none'"):
+        CellFlowConfig(source_shift="scgen")
