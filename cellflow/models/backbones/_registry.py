@@ -57,4 +57,4 @@ def available_backbones() -> list[str]:
 
 def _load_builtin() -> None:
     # The built-in backbones register themselves on import.
-    from . import _mlp, _set_attention  # noqa: F401
+    from . import _mamba, _mlp, _set_attention  # noqa: F401
