@@ -8,7 +8,8 @@ Everything is scored in log-normalised expression; the energy distance uses 50 p
 components fitted on the real data.
 
 Run: ``.venv/bin/python -u benchmarks/norman_combinations.py [--seed 0] [--seeds N] [--flow-steps 2000]
-[--latent-dim 32] [--source control] [--pooling mean] [--backbone-kwargs '{"hidden_dim": 512}'] [--out DIR]``
+[--latent-dim 32] [--source control] [--source-shift measured] [--pooling mean]
+[--backbone-kwargs '{"hidden_dim": 512}'] [--out DIR]``
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vae-epochs", type=int, default=None, help="VAE epochs (default: cellflow's)")
     parser.add_argument("--vae-batch-size", type=int, default=None, help="VAE minibatch size (default: cellflow's)")
     parser.add_argument("--source", default="control", choices=["control", "noise"])
+    parser.add_argument(
+        "--source-shift", default=None, choices=["measured", "additive", "none"], help="default: cellflow's"
+    )
     parser.add_argument("--pooling", default="sum", choices=["mean", "sum", "attention"])
     parser.add_argument("--backbone-kwargs", type=json.loads, default={}, help="JSON, e.g. '{\"hidden_dim\": 512}'")
     parser.add_argument("--out", type=Path, default=None, help="directory to write results.csv to")
@@ -81,6 +85,7 @@ def train_and_score(adata, frame, train, held_out, baselines, args, seed: int) -
         backbone="mlp",
         latent_dim=args.latent_dim,
         source=args.source,
+        source_shift=args.source_shift,
         pooling=args.pooling,
         backbone_kwargs=args.backbone_kwargs,
         seed=seed,
@@ -154,6 +159,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     print(f"held out ({len(held_out)} doubles, both singles in training): {', '.join(held_out)}")
     print(
         f"cellflow: backbone=mlp latent_dim={args.latent_dim} flow_steps={args.flow_steps} source={args.source} "
+        f"source_shift={args.source_shift} "
         f"pooling={args.pooling} backbone_kwargs={args.backbone_kwargs} vae_epochs={args.vae_epochs} "
         f"vae_batch_size={args.vae_batch_size}; seeds {seeds}"
     )

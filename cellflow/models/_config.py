@@ -61,11 +61,11 @@ class CellFlowConfig:
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise ValueError(f"source={self.source!r} must be one of {SOURCES}.")
-        if self.source_shift not in ("additive", "none"):
-            raise ValueError(f"source_shift={self.source_shift!r} must be 'additive' or 'none'.")
-        if self.source_shift == "additive" and self.source != "control":
+        if self.source_shift not in ("measured", "additive", "none"):
+            raise ValueError(f"source_shift={self.source_shift!r} must be 'measured', 'additive' or 'none'.")
+        if self.source_shift != "none" and self.source != "control":
             raise ValueError(
-                "source_shift='additive' moves control cells; with source='noise' use source_shift='none'."
+                f"source_shift={self.source_shift!r} moves control cells; with source='noise' use source_shift='none'."
             )
         if self.token_embedding not in TOKEN_EMBEDDINGS:
             raise ValueError(

@@ -24,6 +24,9 @@ class ControlReference:
         ``(n,)`` context code of each control cell.
     contexts
         Covariate values of each context code.
+    time
+        ``(n,)`` experimental time of each control cell (models set up with a ``time_key``),
+        or ``None``: generation over time draws control trajectories from it.
     """
 
     latent: torch.Tensor
@@ -31,9 +34,10 @@ class ControlReference:
     batch: torch.Tensor
     context: torch.Tensor
     contexts: list[tuple[str, ...]]
+    time: torch.Tensor | None = None
 
     @classmethod
-    def from_cells(cls, latent, log_library, batch, context, contexts) -> ControlReference:
+    def from_cells(cls, latent, log_library, batch, context, contexts, time=None) -> ControlReference:
         """Build from numpy arrays of the control cells."""
         return cls(
             torch.as_tensor(np.asarray(latent), dtype=torch.float32),
@@ -41,16 +45,30 @@ class ControlReference:
             torch.as_tensor(np.asarray(batch), dtype=torch.long),
             torch.as_tensor(np.asarray(context), dtype=torch.long),
             list(contexts),
+            None if time is None else torch.as_tensor(np.asarray(time), dtype=torch.float64),
         )
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The tensors to save."""
-        return {k: getattr(self, k).contiguous() for k in ("latent", "log_library", "batch", "context")}
+        names = ("latent", "log_library", "batch", "context") + (() if self.time is None else ("time",))
+        return {k: getattr(self, k).contiguous() for k in names}
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], contexts: list[tuple[str, ...]]) -> ControlReference:
         """Rebuild from saved tensors."""
-        return cls(tensors["latent"], tensors["log_library"], tensors["batch"], tensors["context"], contexts)
+        return cls(
+            tensors["latent"],
+            tensors["log_library"],
+            tensors["batch"],
+            tensors["context"],
+            contexts,
+            tensors.get("time"),
+        )
+
+    @property
+    def time_points(self) -> list[float]:
+        """Sorted distinct times of the control cells (empty without times)."""
+        return [] if self.time is None else [float(t) for t in torch.unique(self.time)]
 
     def context_code(self, values: tuple[str, ...]) -> int:
         """Code of a context given its covariate values (in covariate-key order)."""
@@ -65,4 +83,31 @@ class ControlReference:
         if len(pool) == 0:
             raise ValueError(f"No control cells in context {self.contexts[context]}.")
         pick = pool[torch.randint(len(pool), (n,), generator=generator)]
+        return self.latent[pick], self.log_library[pick], self.batch[pick]
+
+    def sample_trajectories(self, context: int, n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """Draw ``n`` control trajectories of ``context`` through every time point in :attr:`time_points`.
+
+        At each time point ``n`` control cells are drawn (with replacement); cells of
+        consecutive time points are linked by exact optimal transport in the latent
+        (:func:`cellflow.train.chain_trajectories`), as in training.
+
+        Returns
+        -------
+        latent, log_library, batch
+            ``(n, T, D)``, ``(n, T)`` and ``(n, T)``.
+        """
+        from ..train._trajectories import chain_trajectories
+
+        if self.time is None:
+            raise ValueError("This control reference has no times; trajectories need a model set up with time_key.")
+        picks = []
+        for t in self.time_points:
+            pool = torch.nonzero((self.context == context) & (self.time == t)).squeeze(1)
+            if len(pool) == 0:
+                raise ValueError(f"No control cells in context {self.contexts[context]} at time {t:g}.")
+            picks.append(pool[torch.randint(len(pool), (n,), generator=generator)])
+        pick = torch.stack(picks, dim=1)  # (n, T), not yet linked
+        order = chain_trajectories(self.latent[pick][None])[0]  # (n, T)
+        pick = pick.gather(0, order)
         return self.latent[pick], self.log_library[pick], self.batch[pick]

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 
 from ..data._conditions import Condition
@@ -33,10 +34,18 @@ class TokenShifts:
         (covariate transfer); zero where it was never measured alone.
     measured
         ``(n_contexts, n_tokens)`` boolean: ``t`` was measured alone in ``c``.
+    condition_ids, condition_doses, condition_context, condition_shift
+        With ``mode="measured"``: every measured condition (``(M, K)`` sorted token ids and
+        doses, padded with -1 and 0), its context and its own mean latent shift ``(M, D)``,
+        used instead of the sum of singles wherever a query matches one exactly.
     """
 
     table: torch.Tensor
     measured: torch.Tensor
+    condition_ids: torch.Tensor | None = None
+    condition_doses: torch.Tensor | None = None
+    condition_context: torch.Tensor | None = None
+    condition_shift: torch.Tensor | None = None
 
     @classmethod
     def from_cells(
@@ -46,6 +55,7 @@ class TokenShifts:
         context: np.ndarray,
         n_contexts: int,
         tokens: Sequence[str],
+        mode: str = "additive",
     ) -> TokenShifts:
         """Estimate the shifts from training cells.
 
@@ -61,6 +71,12 @@ class TokenShifts:
             Number of contexts.
         tokens
             The model's token vocabulary (``table``'s second axis follows it).
+        mode
+            ``"additive"``: every condition is shifted by the dose-weighted sum of its
+            tokens' shifts. ``"measured"``: a condition measured in training (same tokens,
+            doses and context) is shifted by its own mean shift; only unmeasured ones by
+            the sum. The flow then learns no mean change for any training group, and the
+            mean of an unseen combination is exactly latent arithmetic.
 
         Notes
         -----
@@ -93,7 +109,35 @@ class TokenShifts:
         counts = measured.sum(axis=0)  # (n_tokens,)
         elsewhere = table.sum(axis=0) / np.maximum(counts, 1)[:, None]  # (n_tokens, D)
         table = np.where(measured[:, :, None], table, elsewhere[None])
-        return cls(torch.as_tensor(table, dtype=torch.float32), torch.as_tensor(measured))
+        shifts = cls(torch.as_tensor(table, dtype=torch.float32), torch.as_tensor(measured))
+        if mode == "measured":
+            shifts._add_measured_conditions(latent, conditions, context, token_id)
+        elif mode != "additive":
+            raise ValueError(f"mode={mode!r} must be 'additive' or 'measured'.")
+        return shifts
+
+    def _add_measured_conditions(self, latent, conditions, context, token_id) -> None:
+        keys = [(c.tokens, c.doses, int(ctx)) for c, ctx in zip(conditions, context)]
+        codes, uniques = pd.factorize(pd.Series(keys, dtype=object))
+        width = max(1, max(len(t) for t, _, _ in uniques))
+        ids = np.full((len(uniques), width), -1, dtype=np.int64)
+        doses = np.zeros((len(uniques), width))
+        ctx = np.array([c for _, _, c in uniques], dtype=np.int64)
+        means = np.stack([latent[codes == i].mean(axis=0) for i in range(len(uniques))])
+        control = {c: means[i] for i, (t, _, c) in enumerate(uniques) if not t}
+        keep = []
+        for i, (toks, dose, c) in enumerate(uniques):
+            if not toks or c not in control or any(t not in token_id for t in toks):
+                continue
+            ids[i, : len(toks)] = [token_id[t] for t in toks]
+            doses[i, : len(toks)] = dose
+            keep.append(i)
+        keep = np.array(keep, dtype=np.int64)
+        self.condition_ids = torch.as_tensor(ids[keep])
+        self.condition_doses = torch.as_tensor(doses[keep], dtype=torch.float32)
+        self.condition_context = torch.as_tensor(ctx[keep])
+        shift = np.stack([means[i] - control[ctx[i]] for i in keep]) if len(keep) else np.zeros((0, latent.shape[1]))
+        self.condition_shift = torch.as_tensor(shift, dtype=torch.float32)
 
     def __call__(
         self, token_ids: torch.Tensor, doses: torch.Tensor, mask: torch.Tensor, context: torch.Tensor
@@ -110,13 +154,50 @@ class TokenShifts:
         table = self.table.to(token_ids.device)
         per_token = table[context[:, None], token_ids]  # (B, K, D)
         weight = (doses * mask).to(per_token.dtype)  # padding and dose 0 contribute nothing
-        return (weight.unsqueeze(-1) * per_token).sum(dim=1)
+        shift = (weight.unsqueeze(-1) * per_token).sum(dim=1)
+        if self.condition_shift is None or len(self.condition_shift) == 0:
+            return shift
+        match = self._match(token_ids, doses, mask, context)  # (B,) row of a measured condition, or -1
+        found = match >= 0
+        shift[found] = self.condition_shift.to(shift.device)[match[found]]
+        return shift
+
+    def _match(self, token_ids, doses, mask, context) -> torch.Tensor:
+        """Index of the measured condition equal to each query row (same tokens, doses, context), else -1."""
+        width = self.condition_ids.shape[1]
+        batch, k = token_ids.shape
+        present = mask & (doses != 0)
+        ids = torch.where(present, token_ids, torch.full_like(token_ids, -1))
+        dose = torch.where(present, doses, torch.zeros_like(doses))
+        # Sort each row so that padding goes last, as in the stored table.
+        order = torch.argsort(torch.where(ids < 0, torch.full_like(ids, 2**62), ids), dim=1, stable=True)
+        ids, dose = ids.gather(1, order), dose.gather(1, order)
+        # A query with more tokens than any measured condition matches none of them.
+        extra = (ids[:, width:] >= 0).any(dim=1) if k > width else torch.zeros(batch, dtype=torch.bool)
+        if k > width:
+            ids, dose = ids[:, :width], dose[:, :width]
+        else:
+            ids = torch.cat([ids, ids.new_full((batch, width - k), -1)], dim=1)
+            dose = torch.cat([dose, dose.new_zeros((batch, width - k))], dim=1)
+        equal = (
+            (ids[:, None] == self.condition_ids[None]).all(-1)
+            & torch.isclose(dose[:, None], self.condition_doses[None]).all(-1)
+            & (context[:, None] == self.condition_context[None])
+            & ~extra[:, None]
+        )  # (B, M)
+        hit = equal.any(dim=1)
+        return torch.where(hit, equal.float().argmax(dim=1), torch.full((batch,), -1, dtype=torch.long))
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The tensors to save."""
-        return {"table": self.table.contiguous(), "measured": self.measured.contiguous()}
+        out = {"table": self.table.contiguous(), "measured": self.measured.contiguous()}
+        if self.condition_shift is not None:
+            for name in ("condition_ids", "condition_doses", "condition_context", "condition_shift"):
+                out[name] = getattr(self, name).contiguous()
+        return out
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> TokenShifts:
         """Rebuild from saved tensors."""
-        return cls(tensors["table"], tensors["measured"].bool())
+        extra = [tensors.get(n) for n in ("condition_ids", "condition_doses", "condition_context", "condition_shift")]
+        return cls(tensors["table"], tensors["measured"].bool(), *extra)

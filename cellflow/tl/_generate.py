@@ -55,7 +55,12 @@ def generate(
         One dose (or dose string aligned with the tokens, ``"1+0.5"``) per condition;
         default: every token at dose 1.
     times
-        Time points to generate (models set up with ``time_key``).
+        Time points to generate (models set up with ``time_key``). A backbone that takes time
+        as part of the condition (``mlp``, ``set_attention``) generates each time point
+        separately, from control cells of the context. A backbone over time (``mamba``)
+        carries ``n_cells`` control trajectories of the context (control cells chained by
+        optimal transport across the training time points) through the flow at once and
+        returns their cells at ``times``, which must be training time points.
     seed
         Seed of the source draw and of the count sampling: the same seed gives the same cells.
     method, steps
@@ -72,9 +77,11 @@ def generate(
     Returns
     -------
     AnnData with ``X`` the generated counts (sparse, the training genes in training order),
-    ``obs`` the perturbation, covariates, dose and time of every cell, ``obsm["X_cellflow"]``
-    the predicted latents, and ``uns["cellflow_generate"]`` recording model, solver, steps
-    and seed.
+    ``obs`` the perturbation, covariates, dose and time of every cell (and, for a backbone
+    over time only, ``trajectory``: an integer shared by the cells of one predicted trajectory
+    across time points; other backbones generate each time point independently, so their
+    cells have no trajectory), ``obsm["X_cellflow"]`` the predicted latents, and
+    ``uns["cellflow_generate"]`` recording model, solver, steps and seed.
     """
     import anndata as ad
 
@@ -102,10 +109,24 @@ def generate(
     covariate_codes = codec.encode_covariates([dict(zip(codec.covariate_keys, context_values))])
 
     generator = torch.Generator().manual_seed(seed)
+    over_time = model.backbone.sequence_over_time
     solver_fn = None
-    latents, counts, rows = [], [], []
-    for cond in parsed:
+    latents, counts, rows, trajectories = [], [], [], []
+    for i, cond in enumerate(parsed):
         ids, dose, mask = codec.encode_conditions([cond])
+        label = cond.label(setup.control, setup.combo_sep)
+        dose_label = setup.combo_sep.join(f"{d:g}" for d in cond.doses) if cond.tokens else "0"
+        if over_time:
+            options = {"guidance": guidance, "method": method, "steps": steps, "sample_counts": sample_counts}
+            solver_fn, z1, x = _generate_trajectories(
+                model, (ids, dose, mask), covariate_codes, context, time_points, n_cells, generator, **options
+            )
+            for k, t in enumerate(time_points):
+                latents.append(z1[:, k].numpy())
+                counts.append(sp.csr_matrix(x[k].cpu().numpy().astype(np.float32)))
+                rows.append((label, dose_label, t, n_cells))
+                trajectories.append(i * n_cells + np.arange(n_cells))
+            continue
         for t in time_points:
             time_point = torch.tensor([t], dtype=torch.float32)
             with torch.no_grad():
@@ -116,8 +137,6 @@ def generate(
             z0, log_library, batch = model.reference.sample(context, n_cells, generator)
             if model.config.source == "noise":
                 z0 = torch.randn(z0.shape, generator=generator)
-            if model.token_shift is not None:
-                z0 = z0 + model.token_shift(ids, dose, mask, torch.tensor([context]))
 
             def velocity(z, s, enc=enc, null=null):
                 if model.backbone.broadcasts_condition:
@@ -129,13 +148,15 @@ def generate(
 
             solver_fn = ODESolver(velocity)
             z1 = solver_fn.sample(z0, method=method, steps=steps)
+            if model.token_shift is not None:  # the flow runs relative to latent arithmetic
+                z1 = z1 + model.token_shift(ids, dose, mask, torch.tensor([context]))
             x = model.vae.decode(z1, log_library[:, None], batch[:, None], sample=sample_counts, generator=generator)
             latents.append(z1.numpy())
             counts.append(sp.csr_matrix(x.cpu().numpy().astype(np.float32)))
-            label = cond.label(setup.control, setup.combo_sep)
-            dose_label = setup.combo_sep.join(f"{d:g}" for d in cond.doses) if cond.tokens else "0"
             rows.append((label, dose_label, t, n_cells))
     obs = _obs(rows, setup, codec.covariate_keys, context_values)
+    if over_time:
+        obs["trajectory"] = np.concatenate(trajectories).astype(np.int64)
     out = ad.AnnData(X=sp.vstack(counts).tocsr(), obs=obs, var=pd.DataFrame(index=pd.Index(model.genes)))
     out.obsm[LATENT_KEY] = np.concatenate(latents).astype(np.float32)
     out.uns["cellflow_generate"] = {
@@ -168,7 +189,66 @@ def _time_points(model: CellFlow, times: Sequence[float] | None) -> list[float]:
         return [0.0]
     if times is None:
         raise ValueError(f"The model was trained on time courses ({model.setup.time_key!r}); pass times=[...].")
-    return [float(t) for t in times]
+    times = [float(t) for t in ([times] if np.isscalar(times) else times)]
+    if not times:
+        raise ValueError("times is empty; give at least one time point.")
+    if model.backbone.sequence_over_time:
+        known = model.time_points
+        unknown = [t for t in times if t not in known]
+        if unknown:
+            raise ValueError(
+                f"times {[f'{t:g}' for t in unknown]} are not training time points; backbone="
+                f"{model.config.backbone!r} predicts whole trajectories through the training time points "
+                f"{[f'{t:g}' for t in known]} only: choose among them."
+            )
+    return times
+
+
+@torch.no_grad()
+def _generate_trajectories(
+    model, condition, covariate_codes, context, times, n_cells, generator, *, guidance, method, steps, sample_counts
+):
+    """Carry ``n_cells`` control trajectories of the context through the flow of a backbone over time.
+
+    ``condition`` is the encoded ``(token_ids, doses, mask)`` of one condition.
+
+    Returns the solver, the ``(n, T, D)`` predicted trajectories (every training time point)
+    and the decoded counts at each of ``times`` (a list of ``(n, genes)``).
+    """
+    from ..models.flow import ODESolver
+
+    ids, dose, mask = condition
+    z0, log_library, batch = model.reference.sample_trajectories(context, n_cells, generator)  # (n, T, D), (n, T)
+    n_times = z0.shape[1]
+    if model.config.source == "noise":
+        z0 = torch.randn(z0.shape, generator=generator)
+    enc = model.encoder(ids, dose, mask, covariate_codes)
+    null = model.encoder(ids, dose, mask, covariate_codes, drop=torch.ones(1, dtype=torch.bool))
+    enc, null = (type(e)(*(x.expand(n_cells, *x.shape[1:]) for x in e)) for e in (enc, null))
+    backbone_times = model._backbone_times()
+
+    def velocity(z, s):
+        if guidance == 1.0:
+            return model.backbone(z, s, enc, backbone_times)
+        unconditional = model.backbone(z, s, null, backbone_times)
+        return unconditional + guidance * (model.backbone(z, s, enc, backbone_times) - unconditional)
+
+    solver_fn = ODESolver(velocity)
+    z1 = solver_fn.sample(z0, method=method, steps=steps)
+    if model.token_shift is not None:  # the flow runs relative to latent arithmetic
+        # Time-resolved shifts: row context * T + k of the table is the shift at time point k.
+        rows = context * n_times + torch.arange(n_times)
+        z1 = z1 + model.token_shift(ids.expand(n_times, -1), dose.expand(n_times, -1), mask.expand(n_times, -1), rows)
+    known = model.time_points
+    decoded = []
+    for t in times:
+        k = known.index(t)
+        decoded.append(
+            model.vae.decode(
+                z1[:, k], log_library[:, k, None], batch[:, k, None], sample=sample_counts, generator=generator
+            )
+        )
+    return solver_fn, z1, decoded
 
 
 def _context(model: CellFlow, covariates: Mapping[str, str] | None) -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""The training design: which cells form which group, in which context."""
+"""The training design: which cells form which group, in which context (and at which time point)."""
 
 from __future__ import annotations
 
@@ -13,17 +13,65 @@ from ._flow_module import GroupTable
 
 
 class TrainingDesign:
-    """Groups (condition x context x time) of the training cells and their network inputs."""
+    """Groups of the training cells and their network inputs.
 
-    def __init__(self, group, context, contexts, is_control, group_context, table) -> None:
+    A group is condition x context x time point for backbones that take time as part of the
+    condition, and condition x context (a *trajectory group*, followed over every time
+    point) for backbones over time (``over_time=True`` in :func:`build_training_design`).
+
+    Attributes
+    ----------
+    group, context
+        ``(N,)`` group and context code of every cell.
+    contexts
+        Covariate values of each context code.
+    is_control
+        ``(N,)`` whether the cell is a control cell.
+    group_context
+        ``(G,)`` context of each group.
+    table
+        Network inputs of every group (its ``time`` is zero for trajectory groups).
+    time
+        ``(N,)`` experimental time of every cell (zero without a ``time_key``).
+    time_points
+        Sorted distinct times of the training cells (``[0.0]`` without a ``time_key``).
+    time_code
+        ``(N,)`` index of every cell's time in ``time_points``.
+    """
+
+    def __init__(self, group, context, contexts, is_control, group_context, table, time, time_points) -> None:
         self.group, self.context, self.contexts = group, context, contexts
         self.is_control, self.group_context, self.table = is_control, group_context, table
+        self.time, self.time_points = time, time_points
+        self.time_code = np.searchsorted(time_points, time).astype(np.int64)
 
 
 def build_training_design(
-    adata, setup: SetupConfig, codec: ConditionCodec, conditions: list[Condition]
+    adata, setup: SetupConfig, codec: ConditionCodec, conditions: list[Condition], *, over_time: bool = False
 ) -> TrainingDesign:
-    """Assign every cell to a group and a context, and encode each group's network inputs."""
+    """Assign every cell to a group and a context, and encode each group's network inputs.
+
+    Parameters
+    ----------
+    adata
+        Training data, registered with :func:`cellflow.pp.setup`.
+    setup
+        Its registration.
+    codec
+        Encodes conditions and covariates.
+    conditions
+        Condition of every cell.
+    over_time
+        Group by condition x context only (trajectory groups, for backbones over time). Every
+        condition must then be measured at every time point in its context, and the control
+        cells of every such context too: a trajectory needs a state at each time point.
+
+    Raises
+    ------
+    ValueError
+        With ``over_time``: no ``time_key``, or a condition (or the controls) not measured at
+        every time point; the message names them.
+    """
     obs = adata.obs
     keys = list(setup.covariate_keys)
     context_frame = obs[keys].astype(str) if keys else pd.DataFrame(index=obs.index)
@@ -32,9 +80,15 @@ def build_training_design(
         contexts = [tuple(c) for c in context_uniques]
     else:
         context_codes, contexts = np.zeros(adata.n_obs, dtype=np.int64), [()]
+    if over_time and setup.time_key is None:
+        raise ValueError("Trajectory groups need experimental time: call cf.pp.setup(..., time_key=...) first.")
     time = obs[setup.time_key].astype(float).to_numpy() if setup.time_key else np.zeros(adata.n_obs)
+    time_points = np.unique(time)
     cond_codes, cond_uniques = pd.factorize(pd.Series(conditions, dtype=object))
-    group_codes, group_keys = pd.factorize(pd.MultiIndex.from_arrays([cond_codes, context_codes, time]))
+    group_time = np.zeros(adata.n_obs) if over_time else time
+    group_codes, group_keys = pd.factorize(pd.MultiIndex.from_arrays([cond_codes, context_codes, group_time]))
+    if over_time:
+        _check_time_courses(group_codes, group_keys, cond_uniques, contexts, time, time_points, setup)
     group_conditions = [cond_uniques[c] for c, _, _ in group_keys]
     token_ids, doses, mask = codec.encode_conditions(group_conditions)
     covariate_rows = [dict(zip(keys, contexts[ctx])) for _, ctx, _ in group_keys]
@@ -55,4 +109,28 @@ def build_training_design(
         is_control,
         group_context,
         table,
+        time,
+        time_points,
+    )
+
+
+def _check_time_courses(group_codes, group_keys, cond_uniques, contexts, time, time_points, setup) -> None:
+    """Every trajectory group (controls included) must be measured at every time point."""
+    measured = pd.crosstab(group_codes, time).reindex(columns=time_points, fill_value=0) > 0  # (G, T)
+    incomplete = np.flatnonzero(~measured.to_numpy().all(axis=1))
+    if len(incomplete) == 0:
+        return
+    lines = []
+    for g in incomplete[:10]:
+        cond, ctx, _ = group_keys[g]
+        missing = [f"{t:g}" for t in time_points[~measured.to_numpy()[g]]]
+        where = f" in {dict(zip(setup.covariate_keys, contexts[ctx]))}" if setup.covariate_keys else ""
+        lines.append(f"{cond_uniques[cond].label(setup.control, setup.combo_sep)!r}{where}: no cells at {missing}")
+    more = f" (and {len(incomplete) - 10} more)" if len(incomplete) > 10 else ""
+    raise ValueError(
+        f"A backbone over time needs every condition, and the controls of its context, measured at every time "
+        f"point {[f'{t:g}' for t in time_points]} of {setup.time_key!r}; incomplete{more}:\n  "
+        + "\n  ".join(lines)
+        + "\nDrop these cells (or time points), or use a backbone that takes time as part of the condition "
+        "(backbone='mlp' or 'set_attention')."
     )

@@ -11,6 +11,7 @@ from torch.utils.data import IterableDataset
 from ..models.backbones import Backbone, EncodedCondition
 from ..models.flow import LinearPath, ot_pairing_grouped, random_pairing, sample_flow_time
 from ._groups import GroupIndex
+from ._trajectories import chain_states
 
 
 @dataclass
@@ -71,8 +72,9 @@ class FlowModule(pl.LightningModule):
     source
         ``"control"`` (flow from control cells of the same context) or ``"noise"``.
     source_shift
-        ``(G, D)`` shift added to the source cells of each group (``source_shift="additive"``
-        of :class:`~cellflow.CellFlow`), or ``None``.
+        ``(G, D)`` latent-arithmetic shift of each group (``source_shift`` of
+        :class:`~cellflow.CellFlow`), subtracted from its targets so that the flow learns what
+        arithmetic misses, or ``None``.
     pair_source
         ``(N, D)`` fixed source of every row of ``latent`` (reflow: ``latent`` holds where the
         previous flow carried these sources). Rows are then neither re-paired nor shifted.
@@ -124,17 +126,36 @@ class FlowModule(pl.LightningModule):
         """Velocity ``v(z, s, cond)``."""
         return self.backbone(z, s, cond)
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def start_states(
+        self, source: torch.Tensor, batch_group: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Unpaired source states of a minibatch: control cells ``source`` (or noise)."""
+        z0 = self.latent[source]
+        if self.source == "noise":
+            z0 = torch.randn(z0.shape, generator=generator).to(z0) if generator is not None else torch.randn_like(z0)
+        return z0
+
+    def relative_targets(self, z1: torch.Tensor, batch_group: torch.Tensor) -> torch.Tensor:
+        """Targets minus their group's shift: the flow works in coordinates relative to latent arithmetic.
+
+        The network then only ever sees states around the control cells, for seen and unseen
+        conditions alike; generation adds the shift back after the ODE.
+        """
+        return z1 if self.source_shift is None else z1 - self.source_shift[batch_group]
+
+    def pairs(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(z0, z1, batch_group)`` of a minibatch of :class:`GroupBatches`: sources paired with targets."""
         target, source, batch_group = batch
         z1 = self.latent[target]
         if self.pair_source is not None:
-            z0 = self.pair_source[target]  # reflow: the pairs are fixed by the previous flow
-        else:
-            z0 = self.latent[source] if self.source == "control" else torch.randn_like(z1)
-            if self.source_shift is not None:
-                z0 = z0 + self.source_shift[batch_group]
-            pairing = ot_pairing_grouped if self.config.coupling == "ot" else random_pairing
-            z0 = z0[pairing(z0, z1, batch_group)]
+            return self.pair_source[target], z1, batch_group  # reflow: the pairs are fixed by the previous flow
+        z1 = self.relative_targets(z1, batch_group)
+        z0 = self.start_states(source, batch_group)
+        pairing = ot_pairing_grouped if self.config.coupling == "ot" else random_pairing
+        return z0[pairing(z0, z1, batch_group)], z1, batch_group
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        z0, z1, batch_group = self.pairs(batch)
         s = sample_flow_time(z1.shape[0], device=z1.device)
         if self.config.distill_steps:
             # Distillation to k Euler steps: the velocity only has to be right on their grid.
@@ -148,7 +169,7 @@ class FlowModule(pl.LightningModule):
             drop = torch.rand(len(unique), device=z1.device) < self.config.condition_dropout
         cond = self.encode_groups(unique, drop=drop)
         cond = EncodedCondition(cond.vector[inverse], cond.tokens[inverse], cond.mask[inverse])
-        loss = torch.nn.functional.mse_loss(self.backbone(path.zs, s, cond), path.velocity)
+        loss = torch.nn.functional.mse_loss(self(path.zs, s, cond), path.velocity)
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=z1.shape[0])
         return loss
 
@@ -166,3 +187,63 @@ class FlowModule(pl.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class TrajectoryFlowModule(FlowModule):
+    """A :class:`FlowModule` over time courses, for backbones with ``sequence_over_time``.
+
+    A state is a whole trajectory, ``(T, D)``: the latent at each of the ``T`` training time
+    points. A minibatch draws, for each picked trajectory group (condition x context),
+    ``cells_per_group`` cells at every time point and chains them into trajectories by
+    optimal transport between consecutive time points (:func:`chain_trajectories`); source
+    trajectories are chained the same way from the context's control cells, moved by the
+    group's shift at each time point, and paired with the targets by optimal transport on the
+    whole ``(T, D)`` trajectory. The flow ``z_s = (1 - s) z0 + s z1`` is regressed on
+    ``z1 - z0`` at every time point at once; the backbone reads the time points as
+    ``times`` (its per-token input) rather than from the condition.
+
+    Parameters
+    ----------
+    time_points
+        ``(T,)`` experimental times of the trajectory's points, scaled to about ``[0, 1]``.
+    source_shift
+        ``(G, T, D)`` shift of the sources of each group at each time point, or ``None``.
+    **kwargs
+        As for :class:`FlowModule` (``latent`` ``(N, D)`` per cell; with ``pair_source``,
+        ``latent`` and ``pair_source`` are ``(P, T, D)`` fixed trajectory pairs instead).
+    """
+
+    def __init__(self, encoder, backbone, *, time_points: torch.Tensor, **kwargs) -> None:
+        if not getattr(backbone, "sequence_over_time", False):
+            raise ValueError(f"{type(backbone).__name__} is not a backbone over time; use FlowModule.")
+        super().__init__(encoder, backbone, **kwargs)
+        self.register_buffer("time_points", torch.as_tensor(time_points, dtype=torch.float32), persistent=False)
+
+    def forward(self, z: torch.Tensor, s: torch.Tensor, cond: EncodedCondition) -> torch.Tensor:
+        """Velocity ``v(z, s, cond)`` of trajectories ``z`` ``(B, T, D)`` at the training time points."""
+        return self.backbone(z, s, cond, self.time_points)
+
+    def start_states(self, source, batch_group, generator=None, *, cells_per_group: int | None = None):
+        """Source trajectories ``(B, T, D)`` from control cells ``source`` ``(B, T)`` drawn per time point.
+
+        Rows come in blocks of ``cells_per_group`` (default: the training config's) of one
+        group each; within a block the control cells are chained into trajectories.
+        """
+        n = cells_per_group or self.config.cells_per_group
+        if self.source == "control":
+            z0 = chain_states(self.latent[source], n)
+        else:
+            shape = (*source.shape, self.latent.shape[-1])
+            z0 = torch.randn(shape, generator=generator) if generator is not None else torch.randn(shape)
+            z0 = z0.to(self.latent)
+        return z0
+
+    def pairs(self, batch):
+        """Chained target and source trajectories of a minibatch of :class:`TrajectoryIndex`, paired."""
+        target, source, batch_group = batch
+        if self.pair_source is not None:  # reflow: rows are whole trajectories, paired by the previous flow
+            return self.pair_source[target], self.latent[target], batch_group
+        z1 = self.relative_targets(chain_states(self.latent[target], self.config.cells_per_group), batch_group)
+        z0 = self.start_states(source, batch_group)
+        pairing = ot_pairing_grouped if self.config.coupling == "ot" else random_pairing
+        return z0[pairing(z0, z1, batch_group)], z1, batch_group

@@ -9,16 +9,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..models.backbones import Backbone, EncodedCondition
+from ..models.backbones import EncodedCondition
 from ..models.flow import ODESolver
-from ._flow_module import FlowModule
+from ._flow_module import FlowModule, TrajectoryFlowModule
 from ._groups import GroupIndex
+from ._trajectories import TrajectoryIndex
 
 
 @torch.no_grad()
 def flow_pairs(
     module: FlowModule,
-    index: GroupIndex,
+    index: GroupIndex | TrajectoryIndex,
     *,
     pairs_per_group: int,
     method: str = "heun",
@@ -31,9 +32,12 @@ def flow_pairs(
     Parameters
     ----------
     module
-        The trained :class:`FlowModule` (its groups, latents, source and shifts are used).
+        The trained :class:`FlowModule` (its groups, latents, source and shifts are used), or a
+        :class:`TrajectoryFlowModule`: its sources are then control trajectories, chained by
+        optimal transport across the time points within each group's draw.
     index
-        Cells of every group and control cells of every context.
+        Cells of every group and control cells of every context (a :class:`TrajectoryIndex`
+        for a :class:`TrajectoryFlowModule`).
     pairs_per_group
         Source cells drawn per group (with replacement from the context's control cells,
         or from noise for ``source="noise"``).
@@ -47,25 +51,23 @@ def flow_pairs(
     Returns
     -------
     z0, z1, group
-        ``(P, D)`` sources (shifts included), ``(P, D)`` where the flow carried them and
-        ``(P,)`` the group of each pair, ``P = n_groups * pairs_per_group``.
+        ``(P, D)`` sources, ``(P, D)`` where the flow carried them (relative to the shifts) and
+        ``(P,)`` the group of each pair, ``P = n_groups * pairs_per_group``; ``(P, T, D)``
+        trajectories for a :class:`TrajectoryFlowModule`.
     """
-    n_groups = len(index.size)
-    groups = torch.arange(n_groups)
+    groups = torch.arange(len(index.group_context))
     _, source, batch_group = index.sample(groups, pairs_per_group, generator)
-    z0 = module.latent[source]
-    if module.source == "noise":
-        z0 = torch.randn(z0.shape, generator=generator)
-    if module.source_shift is not None:
-        z0 = z0 + module.source_shift[batch_group]
-    backbone: Backbone = module.backbone
+    if isinstance(module, TrajectoryFlowModule):
+        z0 = module.start_states(source, batch_group, generator, cells_per_group=pairs_per_group)
+    else:
+        z0 = module.start_states(source, batch_group, generator)
     z1 = torch.empty_like(z0)
     for lo in range(0, len(z0), chunk):
         rows = slice(lo, lo + chunk)
         cond = module.encode_groups(batch_group[rows])
 
         def velocity(z, s, cond: EncodedCondition = cond):
-            return backbone(z, s, cond)
+            return module(z, s, cond)
 
         z1[rows] = ODESolver(velocity).sample(z0[rows], method=method, steps=steps)
     return z0, z1, batch_group.numpy()

@@ -54,7 +54,9 @@ def test_guidance_one_equals_no_guidance_and_zero_ignores_the_condition(dropout_
     assert not np.allclose(two.obsm["X_cellflow"], one.obsm["X_cellflow"])
 
 
-def test_guidance_needs_condition_dropout(trained):
+def test_guidance_needs_condition_dropout(trained, monkeypatch):
+    # A model trained without condition dropout has an untrained null condition.
+    monkeypatch.setitem(trained.history, "condition_dropout", 0.0)
     with pytest.raises(ValueError, match="condition_dropout"):
         cf.tl.generate(trained, conditions=["control"], n_cells=5, covariates={"cell_type": "type_0"}, guidance=2.0)
     with pytest.raises(ValueError, match="guidance"):

@@ -54,5 +54,25 @@ def test_additive_shift_needs_control_source():
 
     with pytest.raises(ValueError, match="source='noise'"):
         CellFlowConfig(source="noise", source_shift="additive")
-    with pytest.raises(ValueError, match="'additive' or 'none'"):
+    with pytest.raises(ValueError, match="'measured', 'additive' or 'none'"):
         CellFlowConfig(source_shift="scgen")
+
+
+def test_measured_mode_uses_a_conditions_own_shift_and_sums_the_rest():
+    latent, conditions, context = _cells()
+    shifts = TokenShifts.from_cells(latent, conditions, context, 2, ["A", "B", "C"], mode="measured")
+    # A+C (doses 1, 1) was measured in context 0: mean (9, 9) - control (1, 0).
+    # A at dose 2 in context 0: its own mean (4, 1) - (1, 0), not 2 x the per-unit shift... which agree here.
+    # A+B was never measured: the dose-weighted sum of singles.
+    token_ids = torch.tensor([[0, 2], [0, 1], [0, 2], [0, 0]])
+    doses = torch.tensor([[1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [2.0, 0.0]])
+    mask = torch.tensor([[True, True], [True, True], [True, True], [True, False]])
+    out = shifts(token_ids, doses, mask, torch.tensor([0, 0, 1, 0]))
+    np.testing.assert_allclose(out[0].numpy(), [8.0, 9.0])  # measured A+C
+    np.testing.assert_allclose(out[1].numpy(), [1.5, 4.5])  # A + B, summed
+    np.testing.assert_allclose(out[2].numpy(), [1.0, 0.0])  # A+C in context 1: A (1, 0) + C (0)
+    np.testing.assert_allclose(out[3].numpy(), [3.0, 1.0])  # A at dose 2, measured
+    again = TokenShifts.from_tensors(shifts.tensors())
+    torch.testing.assert_close(again(token_ids, doses, mask, torch.tensor([0, 0, 1, 0])), out)
+    with pytest.raises(ValueError, match="mode"):
+        TokenShifts.from_cells(latent, conditions, context, 2, ["A", "B", "C"], mode="exact")
