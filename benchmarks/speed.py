@@ -694,15 +694,15 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     table = pd.DataFrame(rows).reindex(columns=COLUMNS)
     print(f"\nResults ({time.perf_counter() - start:.0f} s; frac_peak = achieved GFLOP/s / matmul peak of row 1):")
     print(format_table(table))
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        table.to_csv(args.out / "speed.csv", index=False)
+        print(f"\nwrote {args.out / 'speed.csv'}")
     if args.profile:
         mlp = {rows_: step for (backbone, rows_), step in steps.items() if backbone == "mlp"}
         if mlp:
             largest = max(mlp)
             profile_step(mlp[largest], f"mlp bare step, batch {largest}")
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        table.to_csv(args.out / "speed.csv", index=False)
-        print(f"\nwrote {args.out / 'speed.csv'}")
     return table
 
 
