@@ -5,23 +5,24 @@ What is measured (every number in the same process, at the same torch thread cou
 1. ``matmul``: the machine's float32 matrix-multiply rate, ``torch.matmul`` of square
    matrices (2048 and 4096; best of several repeats), on the CPU and, when CUDA is
    available, on the GPU (with TF32 off and on). The best CPU (or GPU, for ``--device
-   cuda``) rate is the *peak* every ``frac_peak`` divides by. A row ``matmul@mlp-shape``
-   gives the rate of one multiply shaped like the mlp backbone's widest layer at batch
-   1024 (``(1024, 256) @ (256, 512)``): what a perfectly fused model of that size could reach.
+   cuda``) rate is the *peak* every ``frac_peak`` divides by. The row ``(1024x256)@(256x512)``
+   gives the rate of one multiply shaped like the mlp backbone's widest layer at batch 1024:
+   what a model made only of such layers could reach.
 2. ``train``: throughput of the flow (cells/s = rows per optimizer step x steps/s) for the
    ``mlp`` and ``set_attention`` backbones with their default options, latent 32, on
    simulated data (2 cell types, 48 perturbations, ``--genes`` genes), at batch 256
-   (8 groups x 32 cells, the default), 1024 (16 x 64) and 4096 (32 x 128, when it fits
-   ``--budget``). Two rows per size:
+   (2 groups x 128 cells, ``train_flow``'s default), 1024 (16 x 64) and 4096 (32 x 128, when
+   it fits ``--budget``); other shapes with ``--batches``. Two rows per size:
 
    - ``loop``: ``model.train_flow(steps=N)`` on the VAE's precomputed latents, wall-clock,
      Lightning, minibatch sampling and OT pairing included. cells/s is the marginal rate
-     ``rows x (N - 1) / (t(N) - t(1))``: the fixed set-up of a call (the Trainer and the
-     design, the ``setup`` in the note) is left out, as a 2,000-step training amortises it.
+     ``rows x (N - 1) / (t(N) - t(1))`` with ``N >= 10`` (``--loop-rows`` / rows, capped by
+     ``--budget``): the fixed set-up of a call (the Trainer and the design, ``setup`` in the
+     note) is left out, as a 2,000-step training amortises it.
    - ``bare``: forward + backward + AdamW step of the condition encoder and backbone on one
-     prepared batch (sampled and OT-paired once), exactly the arithmetic of
-     ``FlowModule.training_step``. The note gives the per-step cost of what ``bare`` leaves
-     out (``prep``: sampling and OT pairing of one batch).
+     prepared batch (sampled and OT-paired once by ``FlowModule.pairs``), then the arithmetic
+     of ``FlowModule.training_step`` (condition dropout included). The note gives the per-step
+     cost of what ``bare`` leaves out (``prep``: sampling and OT pairing of one batch).
 
    FLOPs of one step are counted with ``torch.utils.flop_counter.FlopCounterMode``
    (matrix products and attention, forward and backward; the optimizer and elementwise
@@ -30,6 +31,8 @@ What is measured (every number in the same process, at the same torch thread cou
    decoding and sampling included, with the default solver (heun, 8 steps) and with euler
    1, 2 and 4 steps; best of ``--repeats``. The issue's target: 10,000 cells in under 2 s on
    2 CPU cores (column ``under_2s``; it only speaks for the target when ``--threads 2``).
+   Sampling the counts costs in proportion to cells x genes (the note of the heun row splits
+   off the decoder and the sampling), so the answer depends on ``--genes`` (default 2,000).
 4. Peak memory of every phase: ``peak_mb`` is the highest resident set size during the
    phase, ``added_mb`` its rise over the phase's start. On Linux the kernel's high-water mark
    is reset before each phase (``echo 5 > /proc/self/clear_refs``, then ``VmHWM`` of
@@ -45,7 +48,7 @@ What is measured (every number in the same process, at the same torch thread cou
    other half) are scored on the same rows. ``--skip-quality`` skips it (it takes several
    minutes on a CPU).
 
-Reading ``frac_peak``: achieved FLOP/s divided by the big-matmul rate of row 1. 1.0 would
+Reading ``frac_peak``: achieved FLOP/s divided by the best big-matmul rate. 1.0 would
 mean every cycle went into large, well-shaped float32 matrix products. Small layers (a
 latent of 32, a width of 256) cannot reach it: the ``matmul@mlp-shape`` row shows the
 ceiling for one layer of that shape, and elementwise work (LayerNorm, GELU, modulation,
@@ -58,11 +61,13 @@ Run (set the thread count once, for the whole run, so that numpy/scipy's BLAS an
     OMP_NUM_THREADS=1 .venv/bin/python -u benchmarks/speed.py --threads 1 --distill 1 --profile
 
 Options: ``--threads`` (default ``OMP_NUM_THREADS``, else all cores), ``--device cpu|cuda``
-(training rows), ``--backbones``, ``--batches`` (``groups x cells``, e.g. ``8x32,16x64``),
+(training rows), ``--backbones``, ``--batches`` (``groups x cells``, e.g. ``2x128,8x32,16x64``),
 ``--loop-rows`` (rows per ``loop`` measurement), ``--bare-steps``, ``--repeats``,
 ``--budget`` (seconds one measurement may take), ``--genes``, ``--n-cells``, ``--flow-steps``,
-``--vae-epochs``, ``--reflow-steps``, ``--distill``, ``--data``, ``--profile`` (torch.profiler top operators
-of the mlp bare step at the largest batch), ``--out DIR`` (writes ``speed.csv``).
+``--vae-epochs``, ``--reflow-steps``, ``--distill``, ``--data``, ``--skip-quality``, ``--skip-speed``
+(matmul and quality only), ``--profile`` (torch.profiler top operators of the mlp bare step at
+the largest batch), ``--out DIR`` (writes ``speed.csv`` as the run goes, so a run cut short
+keeps what it measured; the quality rows also to ``quality_partial/``).
 """
 
 from __future__ import annotations
@@ -111,7 +116,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: OMP_NUM_THREADS or all)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device of the training rows")
     parser.add_argument("--backbones", default="mlp,set_attention")
-    parser.add_argument("--batches", default="8x32,16x64,32x128", help="groups x cells per training batch")
+    parser.add_argument("--batches", default="2x128,16x64,32x128", help="groups x cells per training batch")
     parser.add_argument("--loop-rows", type=int, default=51_200, help="rows per loop measurement (256 x 200)")
     parser.add_argument("--bare-steps", type=int, default=20, help="bare steps per timed block")
     parser.add_argument("--repeats", type=int, default=3, help="timed blocks / generate calls; best counts")
@@ -124,6 +129,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--distill", type=int, default=0, help="K > 0: also reflow + distill to K Euler steps")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the Norman/McFaline-Figueroa subset")
     parser.add_argument("--skip-quality", action="store_true", help="skip the Norman quality part")
+    parser.add_argument("--skip-speed", action="store_true", help="skip training and generation throughput")
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: few steps, 2 batch sizes, 2,000 cells, no quality"
     )
@@ -135,7 +141,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         args.threads = int(os.environ.get("OMP_NUM_THREADS", 0)) or cores
     if args.quick:
-        args.batches, args.loop_rows, args.bare_steps, args.repeats = "8x32,16x64", 2560, 3, 1
+        args.batches, args.loop_rows, args.bare_steps, args.repeats = "2x128,16x64", 2560, 3, 1
         args.n_cells = min(args.n_cells, 2000)
         args.skip_quality = True
     try:
@@ -297,7 +303,7 @@ def matmul_rows(repeats: int, memory: PeakMemory, quick: bool) -> tuple[list[dic
     sizes = (2048,) if quick else (2048, 4096)
     for size in sizes:
         token = memory.start()
-        seconds, flops = _matmul_seconds(size, size, size, "cpu", max(3, repeats))
+        seconds, flops = _matmul_seconds(size, size, size, "cpu", max(5, repeats))
         rows.append(
             _row("matmul", "float32", f"{size}^3 cpu", seconds=seconds, gflop=flops / 1e9, **memory.stop(token))
         )
@@ -383,7 +389,7 @@ def training_rows(model, backbone: str, args, peak: dict[str, float], memory: Pe
         setup_seconds = train(1)  # the set-up of a train_flow call, plus one step; also builds the module
         step, n_rows, prep_seconds = prepare_bare_step(model, groups, cells, args.device, args.seed)
         first = _best_seconds(step, repeats=1, device=args.device)
-        if 3 * first > args.budget:
+        if 10 * first > args.budget:  # the loop needs 10 steps for a steady rate
             rows.append(_row("train", backbone, f"bare {size}", rows=n_rows, note=f"skipped: one step {first:.1f} s"))
             continue
         flops, _ = count_flops(step)
@@ -395,7 +401,7 @@ def training_rows(model, backbone: str, args, peak: dict[str, float], memory: Pe
         bare.update(memory.stop(token), note=f"+ prep {1e3 * prep_seconds:.1f} ms/step (sampling, OT pairing)")
         steps[(backbone, n_rows)] = step
 
-        n_steps = int(max(3, min(round(args.loop_rows / n_rows), args.budget // max(block / bare_steps, 1e-9))))
+        n_steps = int(max(10, min(round(args.loop_rows / n_rows), args.budget // max(block / bare_steps, 1e-9))))
         token = memory.start(args.device)
         seconds = train(n_steps)
         per_step = max(seconds - setup_seconds, 1e-9) / (n_steps - 1)
@@ -421,7 +427,7 @@ def prepare_bare_step(model, groups: int, cells: int, device: str, seed: int):
     import torch
 
     from cellflow.models.backbones import EncodedCondition
-    from cellflow.models.flow import ot_pairing_grouped, sample_flow_time
+    from cellflow.models.flow import sample_flow_time
 
     module, index, _ = model._flow_state  # the module train_flow just trained (private: a benchmark's view)
     module = module.to(device).train()
@@ -430,26 +436,24 @@ def prepare_bare_step(model, groups: int, cells: int, device: str, seed: int):
 
     def prepare():
         picked = torch.randperm(n_groups, generator=generator)[: min(groups, n_groups)]
-        target, source, batch_group = (t.to(device) for t in index.sample(picked, cells, generator))
+        batch = tuple(t.to(device) for t in index.sample(picked, cells, generator))
         with torch.no_grad():
-            z1 = module.latent[target]
-            z0 = module.latent[source] if module.source == "control" else torch.randn_like(z1)
-            if module.source_shift is not None:
-                z0 = z0 + module.source_shift[batch_group]
-            z0 = z0[ot_pairing_grouped(z0, z1, batch_group)]
-            path = module.path.sample(z0, z1, sample_flow_time(len(z1), device=z1.device))
-        return path, batch_group
+            z0, z1, batch_group = module.pairs(batch)  # the training step's own sampling and pairing
+            return module.path.sample(z0, z1, sample_flow_time(len(z1), device=z1.device)), batch_group
 
     prep_seconds = _best_seconds(prepare, repeats=3)
     path, batch_group = prepare()
     unique, inverse = torch.unique(batch_group, return_inverse=True)
+    dropout = module.config.condition_dropout
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
 
     def step():
+        # The arithmetic of FlowModule.training_step after pairing, then AdamW.
         optimizer.zero_grad(set_to_none=True)
-        cond = module.encode_groups(unique)
+        drop = torch.rand(len(unique), device=unique.device) < dropout if dropout > 0 else None
+        cond = module.encode_groups(unique, drop=drop)
         cond = EncodedCondition(cond.vector[inverse], cond.tokens[inverse], cond.mask[inverse])
-        loss = torch.nn.functional.mse_loss(module.backbone(path.zs, path.s, cond), path.velocity)
+        loss = torch.nn.functional.mse_loss(module(path.zs, path.s, cond), path.velocity)
         loss.backward()
         optimizer.step()
 
@@ -555,6 +559,7 @@ def quality_rows(args, memory: PeakMemory) -> list[dict]:
     rows.append(_row("quality", "train", f"vae + flow {args.flow_steps}", seconds=vae_seconds + flow_seconds))
     rows[-1].update(memory.stop(token), note=f"VAE {vae_seconds:.0f} s, flow {flow_seconds:.0f} s")
     rows += solver_rows(model, "flow", scorer, args.seed)
+    save_rows(rows, args.out and args.out / "quality_partial")
 
     stages = [("reflow1", {"rounds": 1, "distill_steps": None})]
     if args.distill:
@@ -565,6 +570,7 @@ def quality_rows(args, memory: PeakMemory) -> list[dict]:
         rows.append(_row("quality", "train", name, seconds=model.history["reflow_seconds"]))
         rows[-1].update(memory.stop(token), note="one reflow round (defaults) on the model above")
         rows += solver_rows(model, name, scorer, args.seed)
+        save_rows(rows, args.out and args.out / "quality_partial")
     return rows
 
 
@@ -627,6 +633,13 @@ def profile_step(step, label: str, n_steps: int = 5) -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
+def save_rows(rows: list[dict], out: Path | None) -> None:
+    """Write the rows measured so far to ``out/speed.csv`` (nothing without ``--out``)."""
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows).reindex(columns=COLUMNS).to_csv(out / "speed.csv", index=False)
+
+
 def format_table(table: pd.DataFrame) -> str:
     """The one results table, numbers rounded for reading."""
     formats = {
@@ -653,6 +666,7 @@ def format_table(table: pd.DataFrame) -> str:
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     """Run every measurement and print the table."""
     args = parse_args(argv)
+    import faulthandler
     import warnings
 
     import torch
@@ -660,6 +674,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     # train_flow called again (every measurement here) finds the networks in eval mode; with the default
     # dropout of 0 this changes nothing, so Lightning's warning about it is only noise in this table.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    faulthandler.enable()  # a crash in native code still says where
 
     torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -677,26 +692,27 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     rows, peak = matmul_rows(args.repeats, memory, args.quick)
     print(f"  matmul peak: {', '.join(f'{k} {v:.1f} GFLOP/s' for k, v in peak.items())}", flush=True)
 
-    adata = throughput_data(args.genes, args.seed)
     steps = {}
-    for backbone in args.backbones:
-        model = throughput_model(adata, backbone, args.seed)
-        backbone_rows, backbone_steps = training_rows(model, backbone, args, peak, memory)
-        rows += backbone_rows
-        steps |= backbone_steps
-        model.encoder.cpu().eval(), model.backbone.cpu().eval()
-        rows += generation_rows(model, adata, backbone, args, peak, memory)
+    if not args.skip_speed:
+        adata = throughput_data(args.genes, args.seed)
+        for backbone in args.backbones:
+            model = throughput_model(adata, backbone, args.seed)
+            backbone_rows, backbone_steps = training_rows(model, backbone, args, peak, memory)
+            rows += backbone_rows
+            steps |= backbone_steps
+            model.encoder.cpu().eval(), model.backbone.cpu().eval()
+            rows += generation_rows(model, adata, backbone, args, peak, memory)
+            save_rows(rows, args.out)  # a run cut short keeps what it measured
     if not args.skip_quality:
         rows += quality_rows(args, memory)
     if torch.get_num_threads() != args.threads:
         print(f"warning: torch now uses {torch.get_num_threads()} threads, not {args.threads}; something reset it.")
 
     table = pd.DataFrame(rows).reindex(columns=COLUMNS)
-    print(f"\nResults ({time.perf_counter() - start:.0f} s; frac_peak = achieved GFLOP/s / matmul peak of row 1):")
+    print(f"\nResults ({time.perf_counter() - start:.0f} s; frac_peak = achieved GFLOP/s / best matmul rate):")
     print(format_table(table))
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        table.to_csv(args.out / "speed.csv", index=False)
+        save_rows(rows, args.out)
         print(f"\nwrote {args.out / 'speed.csv'}")
     if args.profile:
         mlp = {rows_: step for (backbone, rows_), step in steps.items() if backbone == "mlp"}
