@@ -8,6 +8,7 @@ from torch import nn
 from ...nn import AdaLNZero, TimestepEmbedder, modulate
 from ...nn._mamba import Mamba
 from ._base import Backbone, EncodedCondition
+from ._mlp import _FinalLayer  # the same adaLN-Zero output layer; modulate broadcasts over time points
 from ._registry import register_backbone
 
 
@@ -31,20 +32,6 @@ class _MambaBlock(nn.Module):
         if self.mamba_reversed is not None:
             mixed = mixed + self.mamba_reversed(h.flip(1)).flip(1)
         return x + gate[:, None] * mixed  # (B, T, H)
-
-
-class _FinalLayer(nn.Module):
-    """``Linear(modulate(LayerNorm(x), shift, scale))``: hidden -> state size, per time point."""
-
-    def __init__(self, hidden_dim: int, dim: int):
-        super().__init__()
-        self.norm = nn.LayerNorm(hidden_dim, elementwise_affine=False, eps=1e-6)
-        self.modulation = AdaLNZero(hidden_dim, hidden_dim, 2)
-        self.linear = nn.Linear(hidden_dim, dim)
-
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.modulation(c)  # each (B, H)
-        return self.linear(modulate(self.norm(x), shift, scale))  # (B, T, D)
 
 
 @register_backbone("mamba")
