@@ -47,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--token-embedding", default="learned", choices=["learned", "expression"])
     train.add_argument("--flow-steps", type=int, default=2000)
     train.add_argument("--vae-epochs", type=int, default=None)
+    train.add_argument("--reflow-rounds", type=int, default=1, help="reflow rounds after the flow (0: none)")
+    train.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=0.0,
+        help="share of perturbed conditions held out for early stopping of the flow (0: none)",
+    )
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--quiet", action="store_true")
     train.set_defaults(run=_train)
@@ -110,7 +117,13 @@ def _train(args: argparse.Namespace) -> None:
         token_embedding=args.token_embedding,
         seed=args.seed,
     )
-    model.train(vae_epochs=args.vae_epochs, flow_steps=args.flow_steps, progress_bar=not args.quiet)
+    model.train(
+        vae_epochs=args.vae_epochs,
+        flow_steps=args.flow_steps,
+        reflow_rounds=args.reflow_rounds,
+        validation_fraction=args.validation_fraction,
+        progress_bar=not args.quiet,
+    )
     model.save(args.out)
     print(f"saved {model!r} to {args.out}")
 

@@ -62,10 +62,14 @@ def run_demo(
     train = adata[split.train_mask].copy()
     cf.pp.setup(train, **setup)
 
-    say(f"[2/4] Training on {train.n_obs} cells: scvi-tools VAE, then the latent rectified flow")
+    say(f"[2/4] Training on {train.n_obs} cells: scvi-tools VAE, then the latent rectified flow (and one reflow)")
     model = cf.CellFlow(train, backbone="mlp", latent_dim=32, seed=seed)
     model.train(flow_steps=flow_steps, progress_bar=progress)
-    say(f"      VAE {model.history['vae_seconds']:.0f} s, flow {model.history['flow_seconds']:.0f} s")
+    history = model.history
+    say(
+        f"      VAE {history['vae_seconds']:.0f} s, flow {history['flow_seconds']:.0f} s, "
+        f"reflow {history.get('reflow_seconds', 0.0):.0f} s"
+    )
 
     say("[3/4] Generating the held-out conditions and scoring them against the real cells and the truth")
     truth = cf.datasets.true_means(adata)

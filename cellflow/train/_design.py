@@ -37,12 +37,30 @@ class TrainingDesign:
         Sorted distinct times of the training cells (``[0.0]`` without a ``time_key``).
     time_code
         ``(N,)`` index of every cell's time in ``time_points``.
+    group_condition
+        ``(G,)`` condition code of each group (groups of one condition share it across
+        contexts and time points).
+    group_is_control
+        ``(G,)`` whether the group holds control cells.
     """
 
-    def __init__(self, group, context, contexts, is_control, group_context, table, time, time_points) -> None:
+    def __init__(
+        self,
+        group,
+        context,
+        contexts,
+        is_control,
+        group_context,
+        table,
+        time,
+        time_points,
+        group_condition,
+        group_is_control,
+    ) -> None:
         self.group, self.context, self.contexts = group, context, contexts
         self.is_control, self.group_context, self.table = is_control, group_context, table
         self.time, self.time_points = time, time_points
+        self.group_condition, self.group_is_control = group_condition, group_is_control
         self.time_code = np.searchsorted(time_points, time).astype(np.int64)
 
 
@@ -102,6 +120,7 @@ def build_training_design(
     )
     is_control = np.array([c.is_control for c in conditions])
     group_context = np.array([ctx for _, ctx, _ in group_keys], dtype=np.int64)
+    group_condition = np.array([c for c, _, _ in group_keys], dtype=np.int64)
     return TrainingDesign(
         group_codes.astype(np.int64),
         np.asarray(context_codes, dtype=np.int64),
@@ -111,6 +130,8 @@ def build_training_design(
         table,
         time,
         time_points,
+        group_condition,
+        np.array([cond_uniques[c].is_control for c in group_condition], dtype=bool),
     )
 
 

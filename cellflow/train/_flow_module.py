@@ -154,6 +154,18 @@ class FlowModule(pl.LightningModule):
         pairing = ot_pairing_grouped if self.config.coupling == "ot" else random_pairing
         return z0[pairing(z0, z1, batch_group)], z1, batch_group
 
+    def flow_matching_loss(
+        self, z0: torch.Tensor, z1: torch.Tensor, batch_group: torch.Tensor, s: torch.Tensor, *, dropout: float = 0.0
+    ) -> torch.Tensor:
+        """Mean squared error of the velocity on the straight paths ``z0 -> z1`` at flow times ``s``."""
+        path = self.path.sample(z0, z1, s)
+        # Encode each distinct group once, then expand to its rows.
+        unique, inverse = torch.unique(batch_group, return_inverse=True)
+        drop = torch.rand(len(unique), device=z1.device) < dropout if dropout > 0 else None
+        cond = self.encode_groups(unique, drop=drop)
+        cond = EncodedCondition(cond.vector[inverse], cond.tokens[inverse], cond.mask[inverse])
+        return torch.nn.functional.mse_loss(self(path.zs, s, cond), path.velocity)
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         z0, z1, batch_group = self.pairs(batch)
         s = sample_flow_time(z1.shape[0], device=z1.device)
@@ -161,16 +173,19 @@ class FlowModule(pl.LightningModule):
             # Distillation to k Euler steps: the velocity only has to be right on their grid.
             k = self.config.distill_steps
             s = torch.floor(s * k) / k
-        path = self.path.sample(z0, z1, s)
-        # Encode each distinct group once, then expand to its rows.
-        unique, inverse = torch.unique(batch_group, return_inverse=True)
-        drop = None
-        if self.config.condition_dropout > 0:
-            drop = torch.rand(len(unique), device=z1.device) < self.config.condition_dropout
-        cond = self.encode_groups(unique, drop=drop)
-        cond = EncodedCondition(cond.vector[inverse], cond.tokens[inverse], cond.mask[inverse])
-        loss = torch.nn.functional.mse_loss(self(path.zs, s, cond), path.velocity)
+        loss = self.flow_matching_loss(z0, z1, batch_group, s, dropout=self.config.condition_dropout)
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=z1.shape[0])
+        return loss
+
+    def validation_loss(self, batch) -> torch.Tensor:
+        """Loss on a fixed minibatch of validation conditions, ``(target, source, batch_group, s)``."""
+        *cells, s = batch
+        z0, z1, batch_group = self.pairs(tuple(cells))
+        return self.flow_matching_loss(z0, z1, batch_group, s.to(z1.device))
+
+    def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss = self.validation_loss(batch)
+        self.log("val_loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(batch[2]))
         return loss
 
     def configure_optimizers(self):

@@ -19,8 +19,10 @@ def quiet_lightning() -> Iterator[None]:
         logger.setLevel(logging.WARNING)
     try:
         with warnings.catch_warnings():
-            # A few batches per epoch on small data sets, and a deprecation inside Lightning itself.
+            # A few batches per epoch on small data sets, a flow trained without a validation split,
+            # and a deprecation inside Lightning itself.
             warnings.filterwarnings("ignore", message=".*number of training batches.*")
+            warnings.filterwarnings("ignore", message=".*validation_step.*but have no.*val_dataloader.*")
             warnings.filterwarnings("ignore", message=".*LeafSpec.*")
             yield
     finally:

@@ -102,7 +102,11 @@ def test_untrained_model_and_bad_options(screen):
     with pytest.raises(RuntimeError, match="Train the VAE first"):
         model.train_flow(steps=1)
     # Flow options are checked before the VAE trains, so a typo costs no training time.
-    for bad, message in [({"coupling": "sinkhorn"}, "coupling="), ({"flow_steps": 0}, "flow_steps=0")]:
+    for bad, message in [
+        ({"coupling": "sinkhorn"}, "coupling="),
+        ({"flow_steps": 0}, "flow_steps=0"),
+        ({"reflow_rounds": -1}, "reflow_rounds=-1"),
+    ]:
         with pytest.raises(ValueError, match=message):
             model.train(**bad)
         assert model.vae is None

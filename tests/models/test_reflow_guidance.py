@@ -67,13 +67,19 @@ def test_reflow_straightens_the_flow(screen):
     """After reflow and 1-step distillation, one Euler step lands near the accurate solution."""
     _, _, _, train = screen
     model = cf.CellFlow(train, latent_dim=8, backbone_kwargs={"hidden_dim": 64, "n_blocks": 2}, seed=2)
-    model.train(vae_epochs=15, flow_steps=300, progress_bar=False, accelerator="cpu")
+    model.train(vae_epochs=15, flow_steps=300, reflow_rounds=0, progress_bar=False, accelerator="cpu")
     token = next(t for t in model.codec.tokens)
     before = _straightness_gap(model, token)
     model.reflow(rounds=1, steps=300, pairs_per_group=64, distill_steps=1, progress_bar=False, accelerator="cpu")
     after = _straightness_gap(model, token)
     assert after < 0.8 * before, (before, after)
     assert model.history["reflow_rounds"] == 1 and model.history["distill_steps"] == 1
+
+
+def test_train_reflows_once_by_default(trained):
+    # conftest's model: model.train(flow_steps=600) -> one reflow round of 300 steps.
+    assert trained.history["reflow_rounds"] == 1 and trained.history["distill_steps"] == 0
+    assert trained.history["reflow_seconds"] > 0
 
 
 def test_reflow_checks_its_options(trained):

@@ -90,13 +90,17 @@ class LatentVAE:
         accelerator: str = "auto",
         devices: int | str = "auto",
         progress_bar: bool = True,
-        early_stopping: bool = True,
+        early_stopping: bool = False,
         seed: int = 0,
     ) -> LatentVAE:
         """Train scvi-tools' SCVI on ``matrix`` (cells x genes) and keep its module.
 
         ``batch`` holds integer batch codes (``None`` without a batch covariate); ``seed``
         makes the run repeatable (scvi-tools reseeds from its own setting, not from torch).
+        ``early_stopping`` is scvi-tools' (validation ELBO, patience 45 epochs); it is off by
+        default because on Norman 2019 it stopped one seed in four after a fifth of the epochs,
+        while the validation ELBO still drifted under the KL warm-up, and that VAE's held-out
+        energy distance was five times the others'.
         """
         import anndata as ad
         import scvi

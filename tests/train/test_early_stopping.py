@@ -1,0 +1,111 @@
+"""Early stopping of the flow on a validation split of conditions."""
+
+import numpy as np
+import pytest
+import torch
+
+import cellflow as cf
+from cellflow.train._validation import VALIDATION_SEED_OFFSET, fixed_validation_batches, split_validation_conditions
+
+
+def test_validation_split_holds_out_whole_perturbed_conditions():
+    # Groups: condition 0 (control) in two contexts, conditions 1-4 in two contexts each.
+    group_condition = np.repeat(np.arange(5), 2)
+    group_is_control = group_condition == 0
+    held = split_validation_conditions(group_condition, group_is_control, 0.5, seed=0)
+    held_conditions = set(group_condition[held])
+    assert len(held_conditions) == 2 and 0 not in held_conditions
+    # Every group of a held-out condition is held out: the flow never sees that condition.
+    assert held.sum() == 2 * len(held_conditions)
+    # A tiny fraction still holds out one condition, a large one leaves one to train on.
+    assert len(set(group_condition[split_validation_conditions(group_condition, group_is_control, 0.01, 0)])) == 1
+    assert len(set(group_condition[split_validation_conditions(group_condition, group_is_control, 0.99, 0)])) == 3
+    with pytest.raises(ValueError, match="at least 2 perturbed conditions"):
+        split_validation_conditions(np.array([0, 1]), np.array([True, False]), 0.5, seed=0)
+
+
+@pytest.fixture
+def vae_model(screen):
+    _, _, _, train = screen
+    model = cf.CellFlow(train, latent_dim=4, backbone_kwargs={"hidden_dim": 32, "n_blocks": 1}, seed=0)
+    return model.train_vae(epochs=2, progress_bar=False, accelerator="cpu")
+
+
+def test_training_stops_after_patience_checks_without_improvement(vae_model):
+    # lr = 0: the validation loss never improves after the first check, so training stops
+    # after `patience` more checks instead of running all 2,000 steps.
+    vae_model.train_flow(
+        steps=2000,
+        lr=0.0,
+        validation_fraction=0.3,
+        patience=2,
+        validation_every=10,
+        cells_per_group=16,
+        progress_bar=False,
+        accelerator="cpu",
+    )
+    history = vae_model.history
+    assert history["flow_steps"] == 10 * (1 + 2) and history["flow_max_steps"] == 2000
+    assert history["flow_best_step"] == 10
+    assert history["validation_conditions"] and "control" not in history["validation_conditions"]
+
+
+def test_best_weights_are_restored(vae_model):
+    vae_model.train_flow(
+        steps=120,
+        validation_fraction=0.3,
+        patience=100,
+        validation_every=20,
+        cells_per_group=16,
+        progress_bar=False,
+        accelerator="cpu",
+    )
+    module, index, config = vae_model._flow_state
+    held = split_validation_conditions(*_group_conditions(vae_model), 0.3, vae_model.config.seed)
+    batches = fixed_validation_batches(
+        index,
+        torch.as_tensor(np.flatnonzero(held)),
+        config.groups_per_batch,
+        config.cells_per_group,
+        config.seed + VALIDATION_SEED_OFFSET,
+    )
+    with torch.no_grad():
+        losses = [module.validation_loss(b) for b in batches]
+    sizes = torch.tensor([len(b[2]) for b in batches], dtype=torch.float32)
+    loss = float((torch.stack(losses) * sizes).sum() / sizes.sum())
+    # The restored weights reproduce the best check's loss, not the last step's.
+    assert loss == pytest.approx(vae_model.history["flow_best_val_loss"], rel=1e-4)
+    assert 20 <= vae_model.history["flow_best_step"] <= 120
+
+
+def _group_conditions(model):
+    from cellflow.train import build_training_design
+
+    design = build_training_design(model.adata, model.setup, model.codec, model._conditions)
+    return design.group_condition, design.group_is_control
+
+
+def test_validation_options_are_checked_before_training(screen):
+    _, _, _, train = screen
+    model = cf.CellFlow(train, latent_dim=4)
+    for bad, message in [({"validation_fraction": 1.0}, "validation_fraction=1.0"), ({"patience": 0}, "patience=0")]:
+        with pytest.raises(ValueError, match=message):
+            model.train(**bad)
+        assert model.vae is None
+
+
+def test_best_weights_keeps_the_best_check_not_the_last():
+    from types import SimpleNamespace
+
+    from cellflow.train._validation import BestWeights
+
+    net = torch.nn.Linear(2, 1)
+    callback = BestWeights()
+    trainer = SimpleNamespace(sanity_checking=False, callback_metrics={}, global_step=0)
+    for step, (loss, weight) in enumerate([(3.0, 1.0), (1.0, 2.0), (2.0, 3.0)], start=1):
+        net.weight.data.fill_(weight)
+        trainer.global_step, trainer.callback_metrics = 10 * step, {"val_loss": torch.tensor(loss)}
+        callback.on_validation_end(trainer, net)
+    callback.on_fit_end(trainer, net)
+    assert torch.all(net.weight == 2.0)
+    assert (callback.best_loss, callback.best_step, callback.stopped_step) == (1.0, 20, 30)
