@@ -153,6 +153,7 @@ def train_and_score(adata, frame, train, held_out, baselines, args, seed: int) -
     results["reflow_seconds"] = 0.0
     if args.reflow_rounds:
         results.loc[results["method"] == "cellflow", "method"] = "cellflow_no_reflow"
+        # The reflow that model.train() runs by default (steps: half of flow_steps), scored separately.
         model.reflow(rounds=args.reflow_rounds, steps=max(1, args.flow_steps // 2), progress_bar=False)
         after = score([], vae_ceiling=False)
         after = after[after["method"] == "cellflow"].assign(

@@ -264,6 +264,8 @@ class CellFlow:
         -------
         The model itself, trained.
         """
+        from ..train._validation import check_validation_split
+
         # Check the flow's options now: a bad one must not surface after minutes of VAE training.
         _check_flow_options(
             steps=flow_steps,
@@ -273,12 +275,7 @@ class CellFlow:
             patience=patience,
             validation_every=validation_every,
         )
-        n_perturbed = len({c for c in self._conditions if not c.is_control})
-        if validation_fraction > 0 and n_perturbed < 2:
-            raise ValueError(
-                f"validation_fraction={validation_fraction} needs at least 2 perturbed conditions to split, found "
-                f"{n_perturbed}; train without early stopping (validation_fraction=0)."
-            )
+        check_validation_split(len({c for c in self._conditions if not c.is_control}), validation_fraction)
         if reflow_steps is None:
             reflow_steps = max(1, flow_steps // 2)
         if reflow_rounds < 0 or reflow_steps < 1:

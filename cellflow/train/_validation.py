@@ -33,6 +33,15 @@ class EarlyStopping:
     min_delta: float = 0.0
 
 
+def check_validation_split(n_perturbed: int, fraction: float) -> None:
+    """Raise if ``fraction > 0`` and fewer than two perturbed conditions exist (one must remain to train on)."""
+    if fraction > 0 and n_perturbed < 2:
+        raise ValueError(
+            f"validation_fraction={fraction} needs at least 2 perturbed conditions to split, found {n_perturbed}; "
+            "train without early stopping (validation_fraction=0)."
+        )
+
+
 def split_validation_conditions(
     group_condition: np.ndarray, group_is_control: np.ndarray, fraction: float, seed: int
 ) -> np.ndarray:
@@ -59,11 +68,7 @@ def split_validation_conditions(
         If fewer than two perturbed conditions exist (one must remain to train on).
     """
     perturbed = np.unique(group_condition[~group_is_control])
-    if len(perturbed) < 2:
-        raise ValueError(
-            f"validation_fraction={fraction} needs at least 2 perturbed conditions to split, found {len(perturbed)}; "
-            "train without early stopping (validation_fraction=0)."
-        )
+    check_validation_split(len(perturbed), fraction)
     n_held = int(np.clip(round(fraction * len(perturbed)), 1, len(perturbed) - 1))
     held = np.random.default_rng(seed).choice(perturbed, n_held, replace=False)
     return np.isin(group_condition, held) & ~group_is_control

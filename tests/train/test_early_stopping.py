@@ -24,6 +24,9 @@ def test_validation_split_holds_out_whole_perturbed_conditions():
         split_validation_conditions(np.array([0, 1]), np.array([True, False]), 0.5, seed=0)
 
 
+SMALL_FLOW = {"cells_per_group": 16, "progress_bar": False, "accelerator": "cpu"}
+
+
 @pytest.fixture
 def vae_model(screen):
     _, _, _, train = screen
@@ -40,9 +43,7 @@ def test_training_stops_after_patience_checks_without_improvement(vae_model):
         validation_fraction=0.3,
         patience=2,
         validation_every=10,
-        cells_per_group=16,
-        progress_bar=False,
-        accelerator="cpu",
+        **SMALL_FLOW,
     )
     history = vae_model.history
     assert history["flow_steps"] == 10 * (1 + 2) and history["flow_max_steps"] == 2000
@@ -56,9 +57,7 @@ def test_best_weights_are_restored(vae_model):
         validation_fraction=0.3,
         patience=100,
         validation_every=20,
-        cells_per_group=16,
-        progress_bar=False,
-        accelerator="cpu",
+        **SMALL_FLOW,
     )
     module, index, config = vae_model._flow_state
     held = split_validation_conditions(*_group_conditions(vae_model), 0.3, vae_model.config.seed)
@@ -92,6 +91,14 @@ def test_validation_options_are_checked_before_training(screen):
         with pytest.raises(ValueError, match=message):
             model.train(**bad)
         assert model.vae is None
+    # One perturbed condition cannot be split into training and validation: said before the VAE trains.
+    labels = train.obs["perturbation"].astype(str)
+    one = train[labels.isin(["control", labels[labels != "control"].iloc[0]])].copy()
+    cf.pp.setup(one, perturbation_key="perturbation", control="control", covariate_keys=["cell_type"])
+    single = cf.CellFlow(one, latent_dim=4)
+    with pytest.raises(ValueError, match="at least 2 perturbed conditions"):
+        single.train(validation_fraction=0.2)
+    assert single.vae is None
 
 
 def test_best_weights_keeps_the_best_check_not_the_last():
