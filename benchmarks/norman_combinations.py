@@ -47,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--latent-dim", type=int, default=32)
     parser.add_argument("--vae-epochs", type=int, default=None, help="VAE epochs (default: cellflow's)")
     parser.add_argument("--vae-batch-size", type=int, default=None, help="VAE minibatch size (default: cellflow's)")
+    parser.add_argument("--vae-kl-weight", type=float, default=1.0, help="weight of the VAE's KL term (cellflow's: 1)")
     parser.add_argument("--source", default="control", choices=["control", "noise"])
     parser.add_argument(
         "--source-shift", default=None, choices=["measured", "additive", "none"], help="default: cellflow's"
@@ -122,6 +123,7 @@ def train_and_score(adata, frame, train, held_out, baselines, args, seed: int) -
         source_shift=args.source_shift,
         pooling=args.pooling,
         backbone_kwargs=args.backbone_kwargs,
+        vae_kl_weight=args.vae_kl_weight,
         seed=seed,
     )
     vae_options = {"vae_epochs": args.vae_epochs}
@@ -265,7 +267,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         f"cellflow: backbone=mlp latent_dim={args.latent_dim} flow_steps={args.flow_steps} source={args.source} "
         f"source_shift={args.source_shift} reflow_rounds={args.reflow_rounds} "
         f"pooling={args.pooling} backbone_kwargs={args.backbone_kwargs} vae_epochs={args.vae_epochs} "
-        f"vae_batch_size={args.vae_batch_size}; seeds {seeds}"
+        f"vae_batch_size={args.vae_batch_size} vae_kl_weight={args.vae_kl_weight}; seeds {seeds}"
     )
 
     runs = []

@@ -4,8 +4,9 @@ What is measured (every number in the same process, at the same torch thread cou
 
 1. ``matmul``: the machine's float32 matrix-multiply rate, ``torch.matmul`` of square
    matrices (2048 and 4096; best of several repeats), on the CPU and, when CUDA is
-   available, on the GPU (with TF32 off and on). The best CPU (or GPU, for ``--device
-   cuda``) rate is the *peak* every ``frac_peak`` divides by. The row ``(1024x256)@(256x512)``
+   available, on the GPU (with TF32 off and on, and bfloat16 at 8192). The best CPU (or GPU,
+   for ``--device cuda``) rate is the *peak* every ``frac_peak`` divides by; rows in bfloat16
+   divide by the bfloat16 rate. The row ``(1024x256)@(256x512)``
    gives the rate of one multiply shaped like the mlp backbone's widest layer at batch 1024:
    what a model made only of such layers could reach.
 2. ``train``: throughput of the flow (cells/s = rows per optimizer step x steps/s) for the
@@ -23,6 +24,11 @@ What is measured (every number in the same process, at the same torch thread cou
      prepared batch (sampled and OT-paired once by ``FlowModule.pairs``), then the arithmetic
      of ``FlowModule.training_step`` (condition dropout included). The note gives the per-step
      cost of what ``bare`` leaves out (``prep``: sampling and OT pairing of one batch).
+
+   With ``--precisions`` (default on ``--device cuda``: all three) each size is also measured
+   under bfloat16 autocast (``bf16-mixed``: a bare row and a loop row through
+   ``train_flow(precision="bf16-mixed")``) and with ``torch.compile`` on top (``bf16-compile``,
+   bare only), to decide whether mixed precision and compilation pay.
 
    FLOPs of one step are counted with ``torch.utils.flop_counter.FlopCounterMode``
    (matrix products and attention, forward and backward; the optimizer and elementwise
@@ -61,7 +67,7 @@ Run (set the thread count once, for the whole run, so that numpy/scipy's BLAS an
     OMP_NUM_THREADS=1 .venv/bin/python -u benchmarks/speed.py --threads 1 --distill 1 --profile
 
 Options: ``--threads`` (default ``OMP_NUM_THREADS``, else all cores), ``--device cpu|cuda``
-(training rows), ``--backbones``, ``--batches`` (``groups x cells``, e.g. ``2x128,8x32,16x64``),
+(training rows), ``--precisions``, ``--backbones``, ``--batches`` (``groups x cells``, e.g. ``2x128,8x32,16x64``),
 ``--loop-rows`` (rows per ``loop`` measurement), ``--bare-steps``, ``--repeats``,
 ``--budget`` (seconds one measurement may take), ``--genes``, ``--n-cells``, ``--flow-steps``,
 ``--vae-epochs``, ``--reflow-steps``, ``--distill``, ``--data``, ``--skip-quality``, ``--skip-speed``
@@ -106,6 +112,7 @@ COLUMNS = [
 ]
 QUALITY_SOLVERS = [("euler", 1), ("euler", 2), ("euler", 4), ("euler", 8), ("euler", 16), ("heun", 8), ("dopri5", 1)]
 GENERATION_SOLVERS = [("heun", 8), ("euler", 1), ("euler", 2), ("euler", 4)]
+PRECISIONS = ("32-true", "bf16-mixed", "bf16-compile")
 THROUGHPUT_PERTURBATIONS = 24  # 24 singles + 24 doubles in 2 cell types: 96 groups, enough for 32 x 128
 
 
@@ -118,6 +125,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backbones", default="mlp,set_attention")
     parser.add_argument("--batches", default="2x128,16x64,32x128", help="groups x cells per training batch")
     parser.add_argument("--loop-rows", type=int, default=51_200, help="rows per loop measurement (256 x 200)")
+    parser.add_argument(
+        "--precisions",
+        default=None,
+        help="training arithmetic to measure: 32-true, bf16-mixed (autocast; also a loop row), bf16-compile "
+        "(autocast + torch.compile, bare only); default 32-true on the CPU, all three with --device cuda",
+    )
     parser.add_argument("--bare-steps", type=int, default=20, help="bare steps per timed block")
     parser.add_argument("--repeats", type=int, default=3, help="timed blocks / generate calls; best counts")
     parser.add_argument("--budget", type=float, default=90.0, help="seconds one loop measurement may take")
@@ -150,6 +163,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--batches {args.batches!r}: give groups x cells pairs, e.g. 8x32,16x64.")
     if min(min(pair) for pair in args.batches) < 1:
         parser.error(f"--batches {args.batches}: groups and cells must be at least 1.")
+    if args.precisions is None:
+        args.precisions = "32-true,bf16-mixed,bf16-compile" if args.device == "cuda" else "32-true"
+    args.precisions = args.precisions.split(",")
+    unknown = set(args.precisions) - set(PRECISIONS)
+    if unknown or "32-true" not in args.precisions:
+        parser.error(f"--precisions {args.precisions}: give 32-true and any of {PRECISIONS[1:]}.")
     args.backbones = args.backbones.split(",")
     unknown = set(args.backbones) - {"mlp", "set_attention"}
     if unknown:
@@ -322,18 +341,23 @@ def matmul_rows(repeats: int, memory: PeakMemory, quick: bool) -> tuple[list[dic
                 peak["cuda"] = rows[-1]["gflop_per_s"]
         torch.backends.cuda.matmul.allow_tf32 = False  # the training rows run in true float32, torch's default
         rows[-1]["note"] = "training rows run with TF32 off (torch's default); peak = tf32=off"
+        seconds, flops = _matmul_seconds(8192, 8192, 8192, "cuda", 10, dtype=torch.bfloat16)
+        rows.append(_row("matmul", "bfloat16", "8192^3 cuda", seconds=seconds, gflop=flops / 1e9))
+        rows[-1].update(gflop_per_s=flops / seconds / 1e9, note="the peak of the bf16 training rows")
+        peak["cuda-bf16"] = rows[-1]["gflop_per_s"]
     for row in rows:
-        row["frac_peak"] = row["gflop_per_s"] / peak["cuda" if "cuda" in row["setting"] else "cpu"]
+        device = "cpu" if "cuda" not in row["setting"] else "cuda-bf16" if row["model"] == "bfloat16" else "cuda"
+        row["frac_peak"] = row["gflop_per_s"] / peak[device]
     return rows, peak
 
 
-def _matmul_seconds(m: int, k: int, n: int, device: str, repeats: int) -> tuple[float, int]:
+def _matmul_seconds(m: int, k: int, n: int, device: str, repeats: int, dtype=None) -> tuple[float, int]:
     import torch
 
     generator = torch.Generator().manual_seed(0)
-    a = torch.randn(m, k, generator=generator).to(device)
-    b = torch.randn(k, n, generator=generator).to(device)
-    out = torch.empty(m, n, device=device)
+    a = torch.randn(m, k, generator=generator).to(device, dtype)
+    b = torch.randn(k, n, generator=generator).to(device, dtype)
+    out = torch.empty(m, n, device=device, dtype=a.dtype)
     torch.matmul(a, b, out=out)  # warm-up
     # Several products per timed call keep small shapes above the timer's resolution.
     inner = max(1, int(2e9 // (2 * m * k * n)))
@@ -379,10 +403,15 @@ def training_rows(model, backbone: str, args, peak: dict[str, float], memory: Pe
     for groups, cells in args.batches:
         size = f"{groups}x{cells}"
 
-        def train(n: int, groups=groups, cells=cells) -> float:
+        def train(n: int, groups=groups, cells=cells, precision="32-true") -> float:
             start = time.perf_counter()
             model.train_flow(
-                steps=n, groups_per_batch=groups, cells_per_group=cells, accelerator=accelerator, progress_bar=False
+                steps=n,
+                groups_per_batch=groups,
+                cells_per_group=cells,
+                precision=precision,
+                accelerator=accelerator,
+                progress_bar=False,
             )
             return time.perf_counter() - start
 
@@ -412,11 +441,44 @@ def training_rows(model, backbone: str, args, peak: dict[str, float], memory: Pe
             f"  train {backbone} {size}: loop {loop['cells_per_s']:.0f} cells/s, bare {bare['cells_per_s']:.0f}",
             flush=True,
         )
+        for precision in args.precisions[1:]:
+            rows += _precision_rows(model, backbone, (groups, cells), precision, flops, n_steps, train, args, peak)
     return rows, steps
 
 
-def prepare_bare_step(model, groups: int, cells: int, device: str, seed: int):
+def _precision_rows(model, backbone, batch, precision, flops, n_steps, train, args, peak) -> list[dict]:
+    """Bare (and, for a precision that train_flow takes, loop) rows in reduced precision; same FLOPs as float32."""
+    groups, cells = batch
+    size = f"{groups}x{cells}"
+    peak_rate = peak.get(f"{args.device}-bf16", peak[args.device])
+    start = time.perf_counter()
+    step, n_rows, _ = prepare_bare_step(model, groups, cells, args.device, args.seed, precision=precision)
+    warmup = time.perf_counter() - start  # includes torch.compile's compilation
+    first = _best_seconds(step, repeats=1, device=args.device)
+    bare_steps = max(1, min(args.bare_steps, int(args.budget / (args.repeats * max(first, 1e-6)))))
+    block = _best_seconds(partial(_repeat, step, bare_steps), repeats=args.repeats, device=args.device)
+    bare = _row("train", backbone, f"bare {size} {precision}", **_rates(n_rows, block / bare_steps, flops, peak_rate))
+    bare["note"] = f"frac of the bf16 matmul peak; first step + prepare {warmup:.1f} s"
+    rows = [bare]
+    if precision in ("bf16-mixed", "16-mixed"):  # what model.train(precision=...) runs
+        setup_seconds = train(1, precision=precision)
+        seconds = train(n_steps, precision=precision)
+        per_step = max(seconds - setup_seconds, 1e-9) / (n_steps - 1)
+        loop = _row("train", backbone, f"loop {size} {precision}", **_rates(n_rows, per_step, flops, peak_rate))
+        loop["note"] = f"{n_steps} steps in {seconds:.1f} s; Lightning precision={precision!r}"
+        rows.insert(0, loop)
+    print(
+        f"  train {backbone} {size} {precision}: " + ", ".join(f"{r['setting']} {r['cells_per_s']:.0f}" for r in rows)
+    )
+    return rows
+
+
+def prepare_bare_step(model, groups: int, cells: int, device: str, seed: int, precision: str = "32-true"):
     """One optimizer step on a fixed batch, as ``FlowModule.training_step`` computes it, and its preparation time.
+
+    ``precision``: ``"32-true"``; ``"bf16-mixed"`` runs the forward pass under bfloat16 autocast
+    (what Lightning's ``precision="bf16-mixed"`` does); ``"bf16-compile"`` also compiles the
+    module with ``torch.compile``.
 
     Returns
     -------
@@ -446,14 +508,17 @@ def prepare_bare_step(model, groups: int, cells: int, device: str, seed: int):
     unique, inverse = torch.unique(batch_group, return_inverse=True)
     dropout = module.config.condition_dropout
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
+    forward = torch.compile(module) if precision.endswith("compile") else module
+    autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=precision != "32-true")
 
     def step():
         # The arithmetic of FlowModule.training_step after pairing, then AdamW.
         optimizer.zero_grad(set_to_none=True)
         drop = torch.rand(len(unique), device=unique.device) < dropout if dropout > 0 else None
-        cond = module.encode_groups(unique, drop=drop)
-        cond = EncodedCondition(cond.vector[inverse], cond.tokens[inverse], cond.mask[inverse])
-        loss = torch.nn.functional.mse_loss(module(path.zs, path.s, cond), path.velocity)
+        with autocast:
+            cond = module.encode_groups(unique, drop=drop)
+            cond = EncodedCondition(cond.vector[inverse], cond.tokens[inverse], cond.mask[inverse])
+            loss = torch.nn.functional.mse_loss(forward(path.zs, path.s, cond), path.velocity)
         loss.backward()
         optimizer.step()
 
@@ -501,14 +566,21 @@ def generation_rows(model, adata, backbone: str, args, peak: dict[str, float], m
         row["note"] = f"best of {1 + more}; {args.threads} thread(s)"
         row["note"] += ("" if args.threads == 2 else ", the 2 s target is for 2") + scaled
         rows.append(row)
-    mean_seconds, sample_seconds = _decode_seconds(model, args)
-    rows[0]["note"] += f"; decoder {mean_seconds:.2f} s + count sampling {sample_seconds - mean_seconds:.2f} s"
+    mean_seconds, sample_seconds, serial_seconds = _decode_seconds(model, args)
+    rows[0]["note"] += (
+        f"; decoder {mean_seconds:.2f} s + count sampling {sample_seconds - mean_seconds:.2f} s"
+        f" (torch's serial gamma-Poisson sampler: {serial_seconds:.2f} s)"
+    )
     print(f"  generate {backbone}: " + ", ".join(f"{r['setting']} {r['seconds']:.2f} s" for r in rows), flush=True)
     return rows
 
 
-def _decode_seconds(model, args) -> tuple[float, float]:
-    """Seconds of the VAE decoder alone (expected counts) and with count sampling, for ``args.n_cells`` cells."""
+def _decode_seconds(model, args) -> tuple[float, float, float]:
+    """Seconds of the VAE decoder alone (expected counts), with count sampling, and of the baseline sampler.
+
+    The baseline is what cellflow sampled with before: torch's gamma and Poisson samplers
+    (serial on a CPU) on the same NB parameters, for ``args.n_cells`` cells.
+    """
     import torch
 
     generator = torch.Generator().manual_seed(args.seed)
@@ -516,13 +588,20 @@ def _decode_seconds(model, args) -> tuple[float, float]:
     log_library = torch.full((args.n_cells, 1), float(np.log(3000.0)))
     batch = torch.zeros(args.n_cells, 1, dtype=torch.long)
     with torch.no_grad():
-        return tuple(
+        mean_seconds, sample_seconds = (
             _best_seconds(
                 partial(model.vae.decode, z, log_library, batch, sample=sample, generator=generator),
                 repeats=args.repeats,
             )
             for sample in (False, True)
         )
+        px = model.vae.module.generative(z, log_library, batch)["px"]
+        mu, theta = px.mu, px.theta.expand_as(px.mu)
+
+        def serial():
+            torch.poisson(torch._standard_gamma(theta) * (mu / theta))
+
+        return mean_seconds, sample_seconds, _best_seconds(serial, repeats=args.repeats)
 
 
 # ---------------------------------------------------------------------------------------------- 4. quality

@@ -54,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
         default=0.0,
         help="share of perturbed conditions held out for early stopping of the flow (0: none)",
     )
+    train.add_argument(
+        "--precision",
+        default="32-true",
+        choices=["32-true", "bf16-mixed", "16-mixed"],
+        help="arithmetic of the flow's training (float32 was fastest for the default networks, CPU and GPU)",
+    )
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--quiet", action="store_true")
     train.set_defaults(run=_train)
@@ -63,8 +69,13 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--conditions", nargs="+", required=True, help='labels such as A "A+B"')
     generate.add_argument("--n-cells", type=int, default=500)
     generate.add_argument("--covariates", nargs="*", default=[], help="KEY=VALUE pairs, e.g. cell_type=K562")
-    generate.add_argument("--method", default="heun", choices=["euler", "heun", "rk4", "dopri5"])
-    generate.add_argument("--steps", type=int, default=8)
+    generate.add_argument(
+        "--method",
+        default=None,
+        choices=["euler", "heun", "rk4", "dopri5"],
+        help="ODE solver (default: euler for a reflowed model, else heun)",
+    )
+    generate.add_argument("--steps", type=int, default=None, help="solver steps (default: 4 after reflow, else 8)")
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--out", required=True, help="output .h5ad file")
     generate.set_defaults(run=_generate)
@@ -122,6 +133,7 @@ def _train(args: argparse.Namespace) -> None:
         flow_steps=args.flow_steps,
         reflow_rounds=args.reflow_rounds,
         validation_fraction=args.validation_fraction,
+        precision=args.precision,
         progress_bar=not args.quiet,
     )
     model.save(args.out)

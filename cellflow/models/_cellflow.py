@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("cellflow")
 
 FORMAT_VERSION = 1
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")  # flow training arithmetic (Lightning names)
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "weights.safetensors"
 
 
@@ -87,6 +88,9 @@ class CellFlow:
         one here: on Norman 2019, 2 layers of 256 reconstructed real cells far better than
         the default 1 x 128 but made held-out doubles much worse, for latent arithmetic
         and for the flow alike (its latent space is less linear).
+    vae_kl_weight
+        Weight of the VAE's KL term after warm-up (scvi-tools' ``max_kl_weight``). Below 1
+        the VAE reconstructs better and its latent is less regular (see the Norman report).
     seed
         Seed for initialisation and training.
 
@@ -115,6 +119,7 @@ class CellFlow:
         backbone_kwargs: dict | None = None,
         vae_hidden: int = 128,
         vae_layers: int = 1,
+        vae_kl_weight: float = 1.0,
         seed: int = 0,
     ) -> None:
         from .backbones import get_backbone
@@ -142,6 +147,7 @@ class CellFlow:
             pooling=pooling,
             vae_hidden=vae_hidden,
             vae_layers=vae_layers,
+            vae_kl_weight=vae_kl_weight,
             seed=seed,
             time_scale=_time_scale(adata, setup),
         )
@@ -205,6 +211,7 @@ class CellFlow:
         validation_every: int = 100,
         reflow_rounds: int = 1,
         reflow_steps: int | None = None,
+        precision: str = "32-true",
         accelerator: str = "auto",
         devices: int | str = "auto",
         progress_bar: bool = True,
@@ -255,6 +262,14 @@ class CellFlow:
             straightens it (see the benchmark reports for the measured effect).
         reflow_steps
             Gradient steps per reflow round (default: half of ``flow_steps``).
+        precision
+            Arithmetic of the flow's training (and reflow), Lightning's names: ``"32-true"``
+            (default), ``"bf16-mixed"`` or ``"16-mixed"`` (autocast; pairing and the loss stay
+            in float32, and so does the VAE). Measured with ``benchmarks/speed.py``: it does
+            not pay for the default networks (on an H100 a step of the mlp backbone takes
+            ~6 ms at 256 to 8,192 cells, bound by kernel launches, and bf16 autocast made it
+            slower; on a CPU without bf16 matrix units it is ~15x slower); it is for much
+            wider backbones on a GPU.
         accelerator, devices
             Passed to Lightning (``"cpu"``, ``"gpu"``, ``"auto"``; device count).
         progress_bar
@@ -274,6 +289,7 @@ class CellFlow:
             validation_fraction=validation_fraction,
             patience=patience,
             validation_every=validation_every,
+            precision=precision,
         )
         check_validation_split(len({c for c in self._conditions if not c.is_control}), validation_fraction)
         if reflow_steps is None:
@@ -299,6 +315,7 @@ class CellFlow:
             validation_fraction=validation_fraction,
             patience=patience,
             validation_every=validation_every,
+            precision=precision,
             accelerator=accelerator,
             devices=devices,
             progress_bar=progress_bar,
@@ -361,6 +378,7 @@ class CellFlow:
                 accelerator=accelerator,
                 devices=devices,
                 progress_bar=progress_bar,
+                kl_weight=cfg.vae_kl_weight,
                 seed=cfg.seed,
             )
         self._latent = self.vae.encode(matrix, batch)
@@ -381,6 +399,7 @@ class CellFlow:
         validation_fraction: float = 0.0,
         patience: int = 5,
         validation_every: int = 100,
+        precision: str = "32-true",
         accelerator: str = "auto",
         devices: int | str = "auto",
         progress_bar: bool = True,
@@ -402,6 +421,7 @@ class CellFlow:
             validation_fraction=validation_fraction,
             patience=patience,
             validation_every=validation_every,
+            precision=precision,
         )
         if getattr(self, "_latent", None) is None:
             raise RuntimeError("Train the VAE first: model.train_vae() (or model.train() for both).")
@@ -433,6 +453,7 @@ class CellFlow:
             coupling=coupling,
             condition_dropout=condition_dropout,
             seed=cfg.seed,
+            precision=precision,
         )
         if over_time:
             module, index = self._trajectory_module(design, latent, train_config)
@@ -801,7 +822,10 @@ def _check_flow_options(
     validation_fraction: float = 0.0,
     patience: int = 5,
     validation_every: int = 100,
+    precision: str = "32-true",
 ) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} must be one of {PRECISIONS} (Lightning's names).")
     if coupling not in ("ot", "random"):
         raise ValueError(f"coupling={coupling!r} must be 'ot' or 'random'.")
     if steps < 1:

@@ -36,6 +36,9 @@ class CellFlowConfig:
         Set pooling of the perturbation tokens: ``"mean"``, ``"sum"`` or ``"attention"``.
     vae_hidden, vae_layers
         Width and depth of the scvi-tools encoder and decoder.
+    vae_kl_weight
+        Weight of the KL term of the VAE's loss at the end of its warm-up (scvi-tools'
+        ``max_kl_weight``; 1 is the evidence lower bound).
     seed
         Seed of initialisation and training.
     time_scale
@@ -55,6 +58,7 @@ class CellFlowConfig:
     pooling: str = "sum"
     vae_hidden: int = 128
     vae_layers: int = 1
+    vae_kl_weight: float = 1.0
     seed: int = 0
     time_scale: float = 1000.0
 
@@ -74,5 +78,7 @@ class CellFlowConfig:
             )
         if self.pooling not in ("mean", "sum", "attention"):
             raise ValueError(f"pooling={self.pooling!r} must be 'mean', 'sum' or 'attention'.")
+        if not self.vae_kl_weight > 0:
+            raise ValueError(f"vae_kl_weight={self.vae_kl_weight} must be positive (1: the evidence lower bound).")
         if self.latent_dim < 1 or self.cond_dim < 1:
             raise ValueError("latent_dim and cond_dim must be positive integers.")

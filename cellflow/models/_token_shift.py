@@ -4,8 +4,9 @@ With ``source_shift="additive"`` the flow does not start from control cells but 
 control cells moved by the sum of their tokens' mean latent shifts (scGen-style latent
 arithmetic, Lotfollahi et al. 2019). The flow then learns only what arithmetic misses
 (interactions between tokens, changes of shape and spread), which is small and
-generalises to unseen combinations of seen tokens; a token never measured alone shifts
-nothing, and the flow learns its whole effect as before.
+generalises to unseen combinations of seen tokens. A token never measured alone takes its
+shift from combinations with tokens that were (``shift(A+B) - shift(B)``); one that is in no
+such combination shifts nothing, and the flow learns its whole effect as before.
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ class TokenShifts:
     table
         ``(n_contexts, n_tokens, D)``: the shift of token ``t`` in context ``c``. Where ``t``
         was not measured alone in ``c``, its mean over the contexts where it was
-        (covariate transfer); zero where it was never measured alone.
+        (covariate transfer). A token never measured alone takes its shift from the
+        combinations it was measured in whose other tokens were measured alone
+        (``shift(A+B) - shift(B)``, averaged; then transferred across contexts likewise);
+        zero where there are none.
     measured
         ``(n_contexts, n_tokens)`` boolean: ``t`` was measured alone in ``c``.
     condition_ids, condition_doses, condition_context, condition_shift
@@ -105,10 +109,9 @@ class TokenShifts:
                     continue
                 table[ctx, token_id[token]] = (latent[rows].mean(axis=0) - control_mean) / mean_dose
                 measured[ctx, token_id[token]] = True
-        # Covariate transfer: a token unmeasured in a context takes its mean shift elsewhere.
-        counts = measured.sum(axis=0)  # (n_tokens,)
-        elsewhere = table.sum(axis=0) / np.maximum(counts, 1)[:, None]  # (n_tokens, D)
-        table = np.where(measured[:, :, None], table, elsewhere[None])
+        table = _transfer_across_contexts(table, measured)
+        derived = _shifts_from_combinations(latent, conditions, context, is_control, token_id, table, measured)
+        table = np.where(derived[1][:, :, None], derived[0], table)
         shifts = cls(torch.as_tensor(table, dtype=torch.float32), torch.as_tensor(measured))
         if mode == "measured":
             shifts._add_measured_conditions(latent, conditions, context, token_id)
@@ -201,3 +204,41 @@ class TokenShifts:
         """Rebuild from saved tensors."""
         extra = [tensors.get(n) for n in ("condition_ids", "condition_doses", "condition_context", "condition_shift")]
         return cls(tensors["table"], tensors["measured"].bool(), *extra)
+
+
+def _transfer_across_contexts(table: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Covariate transfer: a token unknown in a context takes its mean shift over the contexts where it is known."""
+    counts = known.sum(axis=0)  # (n_tokens,)
+    elsewhere = (table * known[:, :, None]).sum(axis=0) / np.maximum(counts, 1)[:, None]  # (n_tokens, D)
+    return np.where(known[:, :, None], table, elsewhere[None])
+
+
+def _shifts_from_combinations(latent, conditions, context, is_control, token_id, table, measured):
+    """Shifts of tokens never measured alone, from combinations whose other tokens were measured alone.
+
+    For a combination ``c`` containing token ``A`` (dose ``d_A``) whose other tokens all have a
+    single-perturbation shift: ``(shift(c) - sum_t d_t shift(t)) / d_A``, averaged over such
+    combinations in each context, then transferred to the other contexts. Returns the table
+    of these shifts and where they are defined (``(n_contexts, n_tokens)``; False for tokens
+    measured alone, which keep their own shift).
+    """
+    n_contexts, n_tokens, _ = table.shape
+    alone_somewhere = measured.any(axis=0)
+    sums, counts = np.zeros_like(table), np.zeros((n_contexts, n_tokens))
+    keys = [(c.tokens, c.doses, int(ctx)) if len(c.tokens) > 1 else None for c, ctx in zip(conditions, context)]
+    codes, combos = pd.factorize(pd.Series(keys, dtype=object))  # single tokens and controls: code -1
+    for code, (tokens, doses, ctx) in enumerate(combos):
+        unknown = [i for i, t in enumerate(tokens) if t in token_id and not alone_somewhere[token_id[t]]]
+        if len(unknown) != 1 or any(t not in token_id for t in tokens) or doses[unknown[0]] == 0:
+            continue  # identifiable only with exactly one token lacking a single-perturbation shift
+        controls = (context == ctx) & is_control
+        if not controls.any():
+            continue
+        shift = latent[codes == code].mean(axis=0) - latent[controls].mean(axis=0)
+        (a,) = unknown
+        known = sum(d * table[ctx, token_id[t]] for i, (t, d) in enumerate(zip(tokens, doses)) if i != a)
+        sums[ctx, token_id[tokens[a]]] += (shift - known) / doses[a]
+        counts[ctx, token_id[tokens[a]]] += 1
+    defined = counts > 0
+    transferred = _transfer_across_contexts(sums / np.maximum(counts, 1)[:, :, None], defined)
+    return transferred, np.broadcast_to(defined.any(axis=0) & ~alone_somewhere, (n_contexts, n_tokens))

@@ -28,8 +28,8 @@ def generate(
     doses: Sequence[str | float] | None = None,
     times: Sequence[float] | None = None,
     seed: int = 0,
-    method: str = "heun",
-    steps: int = 8,
+    method: str | None = None,
+    steps: int | None = None,
     guidance: float = 1.0,
     sample_counts: bool = True,
 ) -> AnnData:
@@ -65,7 +65,11 @@ def generate(
         Seed of the source draw and of the count sampling: the same seed gives the same cells.
     method, steps
         ODE solver (``"euler"``, ``"heun"``, ``"rk4"`` with ``steps`` fixed steps, or
-        ``"dopri5"``, adaptive).
+        ``"dopri5"``, adaptive). Default: ``"euler"`` with 4 steps for a reflowed model
+        (what ``model.train()`` returns; ``distill_steps`` steps after distillation), else
+        ``"heun"`` with 8 steps. Chosen with ``benchmarks/speed.py`` on Norman 2019 (one training
+        seed): after one reflow round, Euler with 4 steps scored as well as Heun with 8 (energy
+        6.79 vs 7.65, Pearson top-20 0.823 vs 0.817) at a quarter of the function evaluations.
     guidance
         Classifier-free guidance scale ``w``: the velocity is ``v(null) + w * (v(condition)
         - v(null))``. ``1`` (default) uses the condition alone; ``w > 1`` pushes further
@@ -89,6 +93,7 @@ def generate(
     from ..models.flow import ODESolver
 
     model._require_trained()
+    method, steps = default_solver(model, method, steps)
     setup, codec = model.setup, model.codec
     conditions = [conditions] if isinstance(conditions, str) else list(conditions)
     if not conditions:
@@ -170,6 +175,17 @@ def generate(
         "function_evaluations_per_condition": int(solver_fn.last_nfe),
     }
     return out
+
+
+def default_solver(model: CellFlow, method: str | None, steps: int | None) -> tuple[str, int]:
+    """The solver and step count used when not given: few Euler steps once the flow is reflowed."""
+    reflowed = model.history.get("reflow_rounds", 0) > 0
+    if method is None:
+        method = "euler" if reflowed else "heun"
+    if steps is None:
+        distilled = int(model.history.get("distill_steps", 0) or 0)
+        steps = (distilled or 4) if reflowed and method == "euler" else 8
+    return method, steps
 
 
 def _check_guidance(model: CellFlow, guidance: float) -> None:

@@ -61,6 +61,7 @@ def fit_flow_module(
             max_steps=config.max_steps,
             accelerator=accelerator,
             devices=devices if accelerator != "cpu" else 1,
+            precision=config.precision,
             logger=False,
             enable_checkpointing=False,
             enable_model_summary=False,

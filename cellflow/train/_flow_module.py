@@ -39,6 +39,7 @@ class FlowTrainingConfig:
     condition_dropout: float = 0.0
     distill_steps: int | None = None  # train s only on the grid of a k-step Euler solve
     seed: int = 0
+    precision: str = "32-true"  # Lightning's Trainer precision, e.g. "bf16-mixed" on a GPU
 
 
 class GroupBatches(IterableDataset):

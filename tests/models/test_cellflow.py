@@ -114,6 +114,8 @@ def test_untrained_model_and_bad_options(screen):
         cf.CellFlow(train, backbone="transformer")
     with pytest.raises(ValueError, match="source="):
         cf.CellFlow(train, source="gaussian")
+    with pytest.raises(ValueError, match="vae_kl_weight=0"):
+        cf.CellFlow(train, vae_kl_weight=0)
     with pytest.raises(ValueError, match="counts=False"):
         cf.pp.setup(train, perturbation_key="perturbation", control="control", counts=False)
         cf.CellFlow(train, likelihood="nb")

@@ -26,8 +26,8 @@ def test_shifts_are_mean_differences_per_unit_dose():
     np.testing.assert_allclose(shifts.table[1, 0], [1.0, 0.0])
     # B never measured in context 1: its shift from context 0 transfers
     np.testing.assert_allclose(shifts.table[1, 1], [0.0, 4.0])
-    # C never measured alone: no shift anywhere
-    np.testing.assert_allclose(shifts.table[:, 2], 0.0)
+    # C never measured alone: from A+C in context 0, (9, 9) - (1, 0) minus A's (1.5, 0.5); transferred to context 1
+    np.testing.assert_allclose(shifts.table[:, 2], [[6.5, 8.5], [6.5, 8.5]])
     assert shifts.measured.tolist() == [[True, True, False], [True, False, False]]
 
 
@@ -38,7 +38,7 @@ def test_shift_of_a_combination_is_the_dose_weighted_sum():
     doses = torch.tensor([[1.0, 0.5], [2.0, 0.0], [1.0, 1.0]])
     mask = torch.tensor([[True, True], [True, False], [True, True]])
     out = shifts(token_ids, doses, mask, torch.tensor([0, 1, 0]))
-    expected = [[1.5 + 0.0, 0.5 + 2.0], [2.0, 0.0], [1.5, 0.5]]
+    expected = [[1.5 + 0.0, 0.5 + 2.0], [2.0, 0.0], [1.5 + 6.5, 0.5 + 8.5]]
     np.testing.assert_allclose(out.numpy(), expected)
 
 
@@ -70,9 +70,19 @@ def test_measured_mode_uses_a_conditions_own_shift_and_sums_the_rest():
     out = shifts(token_ids, doses, mask, torch.tensor([0, 0, 1, 0]))
     np.testing.assert_allclose(out[0].numpy(), [8.0, 9.0])  # measured A+C
     np.testing.assert_allclose(out[1].numpy(), [1.5, 4.5])  # A + B, summed
-    np.testing.assert_allclose(out[2].numpy(), [1.0, 0.0])  # A+C in context 1: A (1, 0) + C (0)
+    np.testing.assert_allclose(out[2].numpy(), [7.5, 8.5])  # A+C in context 1: A (1, 0) + C (6.5, 8.5)
     np.testing.assert_allclose(out[3].numpy(), [3.0, 1.0])  # A at dose 2, measured
     again = TokenShifts.from_tensors(shifts.tensors())
     torch.testing.assert_close(again(token_ids, doses, mask, torch.tensor([0, 0, 1, 0])), out)
     with pytest.raises(ValueError, match="mode"):
         TokenShifts.from_cells(latent, conditions, context, 2, ["A", "B", "C"], mode="exact")
+
+
+def test_a_token_only_in_combinations_with_two_unknowns_gets_no_shift():
+    # C+D: neither token measured alone, so neither shift is identifiable; both stay zero.
+    labels = ["control", "control", "A", "C+D"]
+    latent = np.array([[0, 0], [0, 0], [1, 0], [5, 5]], dtype=float)
+    conditions = [parse_condition(lab, control="control") for lab in labels]
+    shifts = TokenShifts.from_cells(latent, conditions, np.zeros(4, dtype=int), 1, ["A", "C", "D"])
+    np.testing.assert_allclose(shifts.table[0, 0], [1.0, 0.0])
+    np.testing.assert_allclose(shifts.table[0, 1:], 0.0)

@@ -23,7 +23,25 @@ def test_output_contract(trained, combo):
     assert pred.obs_names.is_unique
     assert pred.obsm["X_cellflow"].shape == (80, 16)
     info = pred.uns["cellflow_generate"]
-    assert info["method"] == "heun" and info["steps"] == 8 and info["seed"] == 1 and info["backbone"] == "mlp"
+    # model.train() reflows by default, so a few Euler steps are the default solver.
+    assert info["method"] == "euler" and info["steps"] == 4 and info["seed"] == 1 and info["backbone"] == "mlp"
+    assert info["function_evaluations_per_condition"] == 4
+
+
+def test_default_solver_follows_reflow_and_distillation(trained):
+    from cellflow.tl._generate import default_solver
+
+    history = dict(trained.history)
+    try:
+        assert default_solver(trained, None, None) == ("euler", 4)
+        assert default_solver(trained, "heun", None) == ("heun", 8)  # a named solver keeps the usual 8 steps
+        assert default_solver(trained, None, 2) == ("euler", 2)
+        trained.history["distill_steps"] = 2
+        assert default_solver(trained, None, None) == ("euler", 2)
+        trained.history["reflow_rounds"] = 0  # a flow that was never straightened: an accurate solver
+        assert default_solver(trained, None, None) == ("heun", 8)
+    finally:
+        trained.history = history
 
 
 def test_same_seed_same_cells_other_seed_other_cells(trained, combo):
