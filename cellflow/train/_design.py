@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import pandas as pd
 import torch
@@ -12,6 +14,7 @@ from ..data._setup import SetupConfig
 from ._flow_module import GroupTable
 
 
+@dataclass
 class TrainingDesign:
     """Groups of the training cells and their network inputs.
 
@@ -44,24 +47,20 @@ class TrainingDesign:
         ``(G,)`` whether the group holds control cells.
     """
 
-    def __init__(
-        self,
-        group,
-        context,
-        contexts,
-        is_control,
-        group_context,
-        table,
-        time,
-        time_points,
-        group_condition,
-        group_is_control,
-    ) -> None:
-        self.group, self.context, self.contexts = group, context, contexts
-        self.is_control, self.group_context, self.table = is_control, group_context, table
-        self.time, self.time_points = time, time_points
-        self.group_condition, self.group_is_control = group_condition, group_is_control
-        self.time_code = np.searchsorted(time_points, time).astype(np.int64)
+    group: np.ndarray
+    context: np.ndarray
+    contexts: list
+    is_control: np.ndarray
+    group_context: np.ndarray
+    table: GroupTable
+    time: np.ndarray
+    time_points: np.ndarray
+    group_condition: np.ndarray
+    group_is_control: np.ndarray
+    time_code: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.time_code = np.searchsorted(self.time_points, self.time).astype(np.int64)
 
 
 def build_training_design(
@@ -122,16 +121,16 @@ def build_training_design(
     group_context = np.array([ctx for _, ctx, _ in group_keys], dtype=np.int64)
     group_condition = np.array([c for c, _, _ in group_keys], dtype=np.int64)
     return TrainingDesign(
-        group_codes.astype(np.int64),
-        np.asarray(context_codes, dtype=np.int64),
-        contexts,
-        is_control,
-        group_context,
-        table,
-        time,
-        time_points,
-        group_condition,
-        np.array([cond_uniques[c].is_control for c in group_condition], dtype=bool),
+        group=group_codes.astype(np.int64),
+        context=np.asarray(context_codes, dtype=np.int64),
+        contexts=contexts,
+        is_control=is_control,
+        group_context=group_context,
+        table=table,
+        time=time,
+        time_points=time_points,
+        group_condition=group_condition,
+        group_is_control=np.array([cond_uniques[c].is_control for c in group_condition], dtype=bool),
     )
 
 

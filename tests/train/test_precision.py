@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import cellflow as cf
+from cellflow.train._validation import fixed_validation_batches
 
 SMALL_FLOW = {"cells_per_group": 32, "progress_bar": False, "accelerator": "cpu", "lr": 3e-3}
 
@@ -15,17 +16,11 @@ def _vae_model(train):
 
 
 def _validation_loss(model) -> float:
-    """Float32 flow-matching loss of the trained flow on a fixed set of training batches."""
-    module, index, config = model._flow_state
-    generator = torch.Generator().manual_seed(123)
-    losses = []
+    """Float32 flow-matching loss of the trained flow on fixed minibatches of all training groups."""
+    module, index, _ = model._flow_state
+    batches = fixed_validation_batches(index, torch.arange(len(index.size)), 4, 32, seed=123)
     with torch.no_grad():
-        for _ in range(8):
-            picked = torch.randperm(len(index.size), generator=generator)[:4]
-            z0, z1, group = module.pairs(index.sample(picked, 32, generator))
-            s = torch.rand(len(z1), generator=generator)
-            losses.append(float(module.flow_matching_loss(z0, z1, group, s)))
-    return sum(losses) / len(losses)
+        return sum(float(module.validation_loss(batch)) for batch in batches) / len(batches)
 
 
 def test_bf16_mixed_training_learns_as_float32_does(screen):

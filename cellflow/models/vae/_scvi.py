@@ -224,16 +224,13 @@ def _sample_likelihood(px, likelihood: str, generator: torch.Generator | None) -
     """
     if likelihood == "normal":
         return px.loc + px.scale * torch.randn(px.loc.shape, generator=generator, device=px.loc.device)
-    if likelihood == "poisson":
-        mean, device = px.rate, px.rate.device
-        params = {"mu": px.rate.detach().cpu().numpy()}
-    else:
-        mean, device = px.mu, px.mu.device
-        params = {"mu": px.mu.detach().cpu().numpy(), "theta": px.theta.expand_as(px.mu).detach().cpu().numpy()}
-        if likelihood == "zinb":
-            params["zi_logits"] = px.zi_logits.expand_as(px.mu).detach().cpu().numpy()
-    counts = sample_counts(params, generator)
-    return torch.from_numpy(counts).to(device=device, dtype=mean.dtype)
+    mean = px.rate if likelihood == "poisson" else px.mu
+    params = {"mu": mean.detach().cpu().numpy()}
+    if likelihood != "poisson":
+        params["theta"] = px.theta.expand_as(mean).detach().cpu().numpy()
+    if likelihood == "zinb":
+        params["zi_logits"] = px.zi_logits.expand_as(mean).detach().cpu().numpy()
+    return torch.from_numpy(sample_counts(params, generator)).to(device=mean.device, dtype=mean.dtype)
 
 
 def sample_counts(params: dict[str, np.ndarray], generator: torch.Generator | None) -> np.ndarray:
