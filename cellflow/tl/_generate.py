@@ -124,7 +124,7 @@ def generate(
         if over_time:
             options = {"guidance": guidance, "method": method, "steps": steps, "sample_counts": sample_counts}
             solver_fn, z1, x = _generate_trajectories(
-                model, (ids, dose, mask), covariate_codes, context, time_points, n_cells, generator, **options
+                model, (ids, dose, mask), covariate_codes, context, time_points, n_cells, generator, label, **options
             )
             for k, t in enumerate(time_points):
                 latents.append(z1[:, k].numpy())
@@ -155,6 +155,7 @@ def generate(
             z1 = solver_fn.sample(z0, method=method, steps=steps)
             if model.token_shift is not None:  # the flow runs relative to latent arithmetic
                 z1 = z1 + model.token_shift(ids, dose, mask, torch.tensor([context]))
+            _check_finite(z1, label, method, steps)
             x = model.vae.decode(z1, log_library[:, None], batch[:, None], sample=sample_counts, generator=generator)
             latents.append(z1.numpy())
             counts.append(sp.csr_matrix(x.cpu().numpy().astype(np.float32)))
@@ -186,6 +187,16 @@ def default_solver(model: CellFlow, method: str | None, steps: int | None) -> tu
         distilled = int(model.history.get("distill_steps", 0) or 0)
         steps = (distilled or 4) if reflowed and method == "euler" else 8
     return method, steps
+
+
+def _check_finite(z1: torch.Tensor, label: str, method: str, steps: int) -> None:
+    """Raise before decoding if the flow produced NaN or infinite latents (the count sampler would fail obscurely)."""
+    if not torch.isfinite(z1).all():
+        raise ValueError(
+            f"The flow produced non-finite latents for {label!r} (method={method!r}, steps={steps}). "
+            "Try a smaller step (more steps, or method='heun'/'dopri5') or guidance closer to 1; "
+            "if it persists, the model's weights are damaged: retrain it."
+        )
 
 
 def _check_guidance(model: CellFlow, guidance: float) -> None:
@@ -222,11 +233,23 @@ def _time_points(model: CellFlow, times: Sequence[float] | None) -> list[float]:
 
 @torch.no_grad()
 def _generate_trajectories(
-    model, condition, covariate_codes, context, times, n_cells, generator, *, guidance, method, steps, sample_counts
+    model,
+    condition,
+    covariate_codes,
+    context,
+    times,
+    n_cells,
+    generator,
+    label,
+    *,
+    guidance,
+    method,
+    steps,
+    sample_counts,
 ):
     """Carry ``n_cells`` control trajectories of the context through the flow of a backbone over time.
 
-    ``condition`` is the encoded ``(token_ids, doses, mask)`` of one condition.
+    ``condition`` is the encoded ``(token_ids, doses, mask)`` of one condition, ``label`` its name (for errors).
 
     Returns the solver, the ``(n, T, D)`` predicted trajectories (every training time point)
     and the decoded counts at each of ``times`` (a list of ``(n, genes)``).
@@ -255,6 +278,7 @@ def _generate_trajectories(
         # Time-resolved shifts: row context * T + k of the table is the shift at time point k.
         rows = context * n_times + torch.arange(n_times)
         z1 = z1 + model.token_shift(ids.expand(n_times, -1), dose.expand(n_times, -1), mask.expand(n_times, -1), rows)
+    _check_finite(z1, label, method, steps)
     known = model.time_points
     decoded = []
     for t in times:

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import torch
 
 import cellflow as cf
 
@@ -87,3 +88,9 @@ def test_bad_requests(trained, kwargs, message):
     kwargs = {"covariates": {"cell_type": "type_0"}} | kwargs
     with pytest.raises(ValueError, match=message):
         cf.tl.generate(trained, **kwargs)
+
+
+def test_non_finite_latents_are_refused_before_decoding(trained, monkeypatch):
+    monkeypatch.setattr(trained.backbone, "forward", lambda z, *args, **kwargs: torch.full_like(z, float("nan")))
+    with pytest.raises(ValueError, match="non-finite latents for 'control'.*method='euler', steps=4"):
+        cf.tl.generate(trained, conditions=["control"], n_cells=5, covariates={"cell_type": "type_0"})
