@@ -10,7 +10,7 @@ shift, which keeps the control cells' spread). A ratio well below 1 on the *trai
 conditions means the flow contracts the cells towards their mean: an error of the flow's
 fit, not of its generalisation.
 
-Run: ``.venv/bin/python -u benchmarks/flow_spread.py --model DIR/seed0 [--data PATH] [--n-cells 500]``
+Run: ``.venv/bin/python -u benchmarks/flow_spread.py --model DIR/seed0 [--data PATH] [--n-cells 500] [--split-seed 0]``
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the Norman/McFaline-Figueroa subset (.h5ad)")
     parser.add_argument("--n-cells", type=int, default=500, help="generated cells per condition")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generation")
+    parser.add_argument("--split-seed", type=int, default=0, help="the --split-seed the model was trained with")
     return parser.parse_args(argv)
 
 
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
 
     adata = load_norman(args.data)
     cf.pp.setup(adata, perturbation_key="perturbation", control="control")
-    split = split_combinations(conditions_frame(adata), n_combinations=N_DOUBLES, n_singles=0, seed=0)
+    split = split_combinations(conditions_frame(adata), n_combinations=N_DOUBLES, n_singles=0, seed=args.split_seed)
     model = cf.CellFlow.load(args.model)
     table = spread_table(model, adata, sorted(split.held_out), args.n_cells, args.seed)
     with pd.option_context("display.width", 160, "display.precision", 3):
