@@ -35,7 +35,7 @@ class FlowTrainingConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 100
-    coupling: str = "ot"  # "ot" or "random"; ignored for fixed pairs (reflow)
+    coupling: str = "ot"  # "ot" (fixed population pairs), "minibatch_ot" or "random"; ignored for reflow
     condition_dropout: float = 0.0
     distill_steps: int | None = None  # train s only on the grid of a k-step Euler solve
     seed: int = 0
@@ -79,6 +79,10 @@ class FlowModule(pl.LightningModule):
     pair_source
         ``(N, D)`` fixed source of every row of ``latent`` (reflow: ``latent`` holds where the
         previous flow carried these sources). Rows are then neither re-paired nor shifted.
+    source_partner
+        ``(N,)`` fixed control-cell partner of every target cell
+        (:meth:`~cellflow.train.GroupIndex.population_partners`, ``coupling="ot"``): each
+        target is always paired with the same source instead of being re-paired per minibatch.
     config
         Optimisation settings.
     """
@@ -93,6 +97,7 @@ class FlowModule(pl.LightningModule):
         source: str = "control",
         source_shift: torch.Tensor | None = None,
         pair_source: torch.Tensor | None = None,
+        source_partner: torch.Tensor | None = None,
         config: FlowTrainingConfig | None = None,
     ) -> None:
         super().__init__()
@@ -107,6 +112,7 @@ class FlowModule(pl.LightningModule):
             self.register_buffer("latent", latent, persistent=False)
         self.register_buffer("source_shift", source_shift, persistent=False)
         self.register_buffer("pair_source", pair_source, persistent=False)
+        self.register_buffer("source_partner", source_partner, persistent=False)
 
     def encode(self, token_ids, doses, mask, covariates, time, drop=None) -> EncodedCondition:
         """Encode conditions (see :class:`cellflow.nn.ConditionEncoder`)."""
@@ -151,8 +157,10 @@ class FlowModule(pl.LightningModule):
         if self.pair_source is not None:
             return self.pair_source[target], z1, batch_group  # reflow: the pairs are fixed by the previous flow
         z1 = self.relative_targets(z1, batch_group)
+        if self.source_partner is not None:  # population OT: the same partner at every step
+            return self.latent[self.source_partner[target]], z1, batch_group
         z0 = self.start_states(source, batch_group)
-        pairing = ot_pairing_grouped if self.config.coupling == "ot" else random_pairing
+        pairing = random_pairing if self.config.coupling == "random" else ot_pairing_grouped
         return z0[pairing(z0, z1, batch_group)], z1, batch_group
 
     def flow_matching_loss(
@@ -261,5 +269,5 @@ class TrajectoryFlowModule(FlowModule):
             return self.pair_source[target], self.latent[target], batch_group
         z1 = self.relative_targets(chain_states(self.latent[target], self.config.cells_per_group), batch_group)
         z0 = self.start_states(source, batch_group)
-        pairing = ot_pairing_grouped if self.config.coupling == "ot" else random_pairing
+        pairing = random_pairing if self.config.coupling == "random" else ot_pairing_grouped
         return z0[pairing(z0, z1, batch_group)], z1, batch_group

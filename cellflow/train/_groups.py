@@ -87,6 +87,44 @@ class GroupIndex:
         source = self.source_order[self.source_start[ctx] + (u * self.source_size[ctx]).long()]
         return target, source, batch_group
 
+    def population_partners(
+        self, latent: torch.Tensor, shift: torch.Tensor | None = None, *, seed: int = 0, block: int = 1024
+    ) -> torch.Tensor:
+        """A fixed control-cell partner for every target cell: exact OT per group, computed once.
+
+        Parameters
+        ----------
+        latent
+            ``(N, D)`` latent of every cell.
+        shift
+            ``(G, D)`` shift subtracted from each group's targets before pairing (the flow's
+            relative coordinates), or ``None``.
+        seed
+            Seed of the shuffles of large groups (see
+            :func:`~cellflow.models.flow.population_ot_partners`).
+        block
+            Largest number of targets per assignment.
+
+        Returns
+        -------
+        ``(N,)`` long: the partner (a cell index) of every cell of a group with control cells
+        in its context; -1 for the others.
+        """
+        from ..models.flow import population_ot_partners
+
+        generator = torch.Generator().manual_seed(seed)
+        partners = torch.full((latent.shape[0],), -1, dtype=torch.long)
+        for group in range(len(self.size)):
+            ctx = int(self.group_context[group])
+            cells = self.order[self.start[group] : self.start[group] + self.size[group]]
+            controls = self.source_order[self.source_start[ctx] : self.source_start[ctx] + self.source_size[ctx]]
+            if len(cells) == 0 or len(controls) == 0:
+                continue
+            targets = latent[cells] if shift is None else latent[cells] - shift[group]
+            local = population_ot_partners(targets, latent[controls], block=block, generator=generator)
+            partners[cells] = controls[local]
+        return partners
+
 
 def _contiguous(codes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Stable sort of ``codes`` into contiguous blocks: (order, block start, block size)."""

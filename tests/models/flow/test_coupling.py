@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from cellflow.models.flow import ot_pairing, ot_pairing_grouped, random_pairing, transport_cost
+from cellflow.models.flow import (
+    ot_pairing,
+    ot_pairing_grouped,
+    population_ot_partners,
+    random_pairing,
+    transport_cost,
+)
 
 
 def _randn(*shape, seed):
@@ -138,3 +144,42 @@ def test_bad_inputs_raise():
         random_pairing(z, torch.zeros(4, 3))
     with pytest.raises(ValueError, match="perm must have shape"):
         transport_cost(z, z, torch.arange(4))
+
+
+def test_population_partners_recover_a_known_matching():
+    g = torch.Generator().manual_seed(0)
+    sources = torch.randn(60, 5, generator=g)
+    perm = torch.randperm(60, generator=g)
+    targets = sources[perm] + 1e-4 * torch.randn(60, 5, generator=g)
+    assert torch.equal(population_ot_partners(targets, sources), perm)
+
+
+def test_population_partners_cost_less_than_minibatch_ot():
+    # OT over the whole populations is the cheapest one-to-one pairing; re-pairing minibatches of
+    # 20 only finds the best pairing inside each minibatch.
+    g = torch.Generator().manual_seed(1)
+    sources, targets = torch.randn(200, 8, generator=g), torch.randn(200, 8, generator=g) + 0.5
+    population = ((targets - sources[population_ot_partners(targets, sources)]) ** 2).sum(1).mean()
+    order = torch.randperm(200, generator=g)
+    minibatch = []
+    for rows in order.split(20):
+        perm = ot_pairing(sources[rows], targets[rows])
+        minibatch.append(((targets[rows] - sources[rows][perm]) ** 2).sum(1))
+    assert population < 0.9 * torch.cat(minibatch).mean()
+
+
+def test_population_partners_in_blocks_and_with_few_sources():
+    g = torch.Generator().manual_seed(2)
+    targets, sources = torch.randn(50, 3, generator=g), torch.randn(7, 3, generator=g)
+    # More targets than sources: sources repeat, each used at most ceil(50 / 7) times.
+    few = population_ot_partners(targets, sources)
+    assert few.min() >= 0 and few.max() < 7 and torch.bincount(few).max() <= 8
+    # Blocks of 4 targets, each paired with 8 of 100 sources drawn with the generator: seeded, distinct per block.
+    many = torch.randn(100, 3, generator=g)
+    first = population_ot_partners(targets, many, block=4, generator=torch.Generator().manual_seed(5))
+    again = population_ot_partners(targets, many, block=4, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(first, again) and first.min() >= 0 and first.max() < 100
+    with pytest.raises(ValueError, match="sources is empty"):
+        population_ot_partners(targets, sources[:0])
+    with pytest.raises(ValueError, match="same D"):
+        population_ot_partners(targets, torch.randn(5, 4))
