@@ -248,8 +248,8 @@ class CellFlow:
             exact OT at every step. ``"random"``: independent pairs. Re-pairing per minibatch
             averages each control cell's changing partners, which contracted the generated cells
             towards their mean on Norman 2019 (they kept 25-31% of the real within-condition
-            latent variance; with fixed pairs 73% on the training conditions and 89% on the
-            held-out doubles) and cost the held-out doubles much of their accuracy
+            latent variance; with fixed pairs 71-73% on the training conditions and 81-89% on
+            the held-out doubles) and cost the held-out doubles much of their accuracy
             (``benchmarks/flow_spread.py``).
             With ``source="noise"`` and for a backbone over time, ``"ot"`` pairs per minibatch.
         condition_dropout
