@@ -3,16 +3,7 @@
 import pytest
 import torch
 
-import cellflow as cf
-
 SMALL = {"steps": 3, "cells_per_group": 16, "progress_bar": False, "accelerator": "cpu"}
-
-
-@pytest.fixture
-def vae_model(screen):
-    _, _, _, train = screen
-    model = cf.CellFlow(train, latent_dim=4, backbone_kwargs={"hidden_dim": 16, "n_blocks": 1}, seed=0)
-    return model.train_vae(epochs=2, progress_bar=False, accelerator="cpu")
 
 
 def test_default_pairs_every_target_with_a_fixed_control_cell_of_its_context(vae_model):

@@ -27,13 +27,6 @@ def test_validation_split_holds_out_whole_perturbed_conditions():
 SMALL_FLOW = {"cells_per_group": 16, "progress_bar": False, "accelerator": "cpu"}
 
 
-@pytest.fixture
-def vae_model(screen):
-    _, _, _, train = screen
-    model = cf.CellFlow(train, latent_dim=4, backbone_kwargs={"hidden_dim": 32, "n_blocks": 1}, seed=0)
-    return model.train_vae(epochs=2, progress_bar=False, accelerator="cpu")
-
-
 def test_training_stops_after_patience_checks_without_improvement(vae_model):
     # lr = 0: the validation loss never improves after the first check, so training stops
     # after `patience` more checks instead of running all 2,000 steps.
