@@ -128,7 +128,7 @@ def generate(
             )
             for k, t in enumerate(time_points):
                 latents.append(z1[:, k].numpy())
-                counts.append(sp.csr_matrix(x[k].cpu().numpy().astype(np.float32)))
+                counts.append(x[k])
                 rows.append((label, dose_label, t, n_cells))
                 trajectories.append(i * n_cells + np.arange(n_cells))
             continue
@@ -156,14 +156,17 @@ def generate(
             if model.token_shift is not None:  # the flow runs relative to latent arithmetic
                 z1 = z1 + model.token_shift(ids, dose, mask, torch.tensor([context]))
             _check_finite(z1, label, method, steps)
-            x = model.vae.decode(z1, log_library[:, None], batch[:, None], sample=sample_counts, generator=generator)
+            x = model.vae.decode(
+                z1, log_library[:, None], batch[:, None], sample=sample_counts, generator=generator, sparse=True
+            )
             latents.append(z1.numpy())
-            counts.append(sp.csr_matrix(x.cpu().numpy().astype(np.float32)))
+            counts.append(x)
             rows.append((label, dose_label, t, n_cells))
     obs = _obs(rows, setup, codec.covariate_keys, context_values)
     if over_time:
         obs["trajectory"] = np.concatenate(trajectories).astype(np.int64)
-    out = ad.AnnData(X=sp.vstack(counts).tocsr(), obs=obs, var=pd.DataFrame(index=pd.Index(model.genes)))
+    matrix = counts[0] if len(counts) == 1 else sp.vstack(counts, format="csr")  # vstack would copy a lone block
+    out = ad.AnnData(X=matrix, obs=obs, var=pd.DataFrame(index=pd.Index(model.genes)))
     out.obsm[LATENT_KEY] = np.concatenate(latents).astype(np.float32)
     out.uns["cellflow_generate"] = {
         "model": repr(model),
@@ -285,7 +288,12 @@ def _generate_trajectories(
         k = known.index(t)
         decoded.append(
             model.vae.decode(
-                z1[:, k], log_library[:, k, None], batch[:, k, None], sample=sample_counts, generator=generator
+                z1[:, k],
+                log_library[:, k, None],
+                batch[:, k, None],
+                sample=sample_counts,
+                generator=generator,
+                sparse=True,
             )
         )
     return solver_fn, z1, decoded

@@ -155,7 +155,8 @@ class LatentVAE:
         *,
         sample: bool = True,
         generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
+        sparse: bool = False,
+    ) -> torch.Tensor | sp.csr_matrix:
         """Latent + log library size -> the likelihood's parameters -> counts (or the mean).
 
         Parameters
@@ -170,15 +171,21 @@ class LatentVAE:
             Draw from the likelihood (counts); ``False`` returns its mean.
         generator
             Random generator for the draw, for reproducible counts.
+        sparse
+            Return a ``scipy.sparse.csr_matrix`` (float32) instead of a tensor. Sampled counts
+            are then compressed block by block as they are drawn, in the sampling threads, so
+            the dense count matrix is never formed; the counts are the same as with
+            ``sparse=False``.
         """
         device = next(self.module.parameters()).device
         z, log_library = z.to(device), log_library.to(device)
         if batch is None:
             batch = torch.zeros(z.shape[0], 1, dtype=torch.long, device=device)
         px = self.module.generative(z, log_library, batch.to(device))["px"]
-        if not sample:
-            return px.mean
-        return _sample_likelihood(px, self.config.gene_likelihood, generator)
+        if sample and self.config.gene_likelihood != "normal":
+            return _sample_counts(px, self.config.gene_likelihood, generator, sparse=sparse)
+        x = px.mean if not sample else px.loc + px.scale * torch.randn(px.loc.shape, generator=generator, device=device)
+        return sp.csr_matrix(x.cpu().numpy().astype(np.float32, copy=False)) if sparse else x
 
     def _batches(self, matrix, batch, batch_size) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         device = next(self.module.parameters()).device
@@ -211,36 +218,39 @@ class LatentVAE:
 SAMPLING_CHUNK_ROWS = 1024  # fixed, so the counts do not depend on the number of threads
 
 
-def _sample_likelihood(px, likelihood: str, generator: torch.Generator | None) -> torch.Tensor:
-    """Draw counts from scvi-tools' likelihood objects, reproducibly and on all torch threads.
-
-    The parameters are scvi-tools' own (``mu``, ``theta``, ``zi_logits``, ``rate``). Count
-    likelihoods are drawn with numpy's generators on fixed blocks of rows in a thread pool
-    (numpy releases the GIL while it fills arrays), each block with its own generator seeded
-    from ``generator``: the same seed gives the same counts whatever the thread count.
-    NB(mu, theta) is drawn as Poisson(Gamma(shape=theta, scale=mu / theta)). On a CPU this is
-    several times faster than torch's serial gamma and Poisson samplers (see
-    ``benchmarks/speed.py``, count sampling in the note of the generation rows).
-    """
-    if likelihood == "normal":
-        return px.loc + px.scale * torch.randn(px.loc.shape, generator=generator, device=px.loc.device)
+def _sample_counts(px, likelihood: str, generator: torch.Generator | None, *, sparse: bool):
+    """Draw counts from scvi-tools' count likelihood objects (their own ``mu``, ``theta``, ``zi_logits``, ``rate``)."""
     mean = px.rate if likelihood == "poisson" else px.mu
     params = {"mu": mean.detach().cpu().numpy()}
     if likelihood != "poisson":
         params["theta"] = px.theta.expand_as(mean).detach().cpu().numpy()
     if likelihood == "zinb":
         params["zi_logits"] = px.zi_logits.expand_as(mean).detach().cpu().numpy()
-    return torch.from_numpy(sample_counts(params, generator)).to(device=mean.device, dtype=mean.dtype)
+    counts = sample_counts(params, generator, sparse=sparse)
+    return counts if sparse else torch.from_numpy(counts).to(device=mean.device, dtype=mean.dtype)
 
 
-def sample_counts(params: dict[str, np.ndarray], generator: torch.Generator | None) -> np.ndarray:
-    """Counts (float32, cells x genes) from Poisson ``mu``, NB ``mu, theta`` or ZINB ``mu, theta, zi_logits``."""
+def sample_counts(
+    params: dict[str, np.ndarray], generator: torch.Generator | None, *, sparse: bool = False
+) -> np.ndarray | sp.csr_matrix:
+    """Counts (float32, cells x genes) from Poisson ``mu``, NB ``mu, theta`` or ZINB ``mu, theta, zi_logits``.
+
+    Drawn with numpy's generators on fixed blocks of rows in a thread pool (numpy releases the
+    GIL while it fills arrays), each block with its own generator seeded from ``generator``: the
+    same seed gives the same counts whatever the thread count. NB(mu, theta) is drawn as
+    Poisson(Gamma(shape=theta, scale=mu / theta)). On a CPU this is several times faster than
+    torch's serial gamma and Poisson samplers (``benchmarks/speed.py``, count sampling in the
+    note of the generation rows). With ``sparse=True`` each block is compressed to CSR in its
+    thread as soon as it is drawn (the same counts, as a ``scipy.sparse.csr_matrix``): the
+    dense matrix is never formed, and the compression runs in parallel instead of on one
+    thread afterwards.
+    """
     from concurrent.futures import ThreadPoolExecutor
 
     mu = params["mu"]
     starts = range(0, mu.shape[0], SAMPLING_CHUNK_ROWS)
     seeds = torch.randint(0, 2**62, (len(starts),), generator=generator).tolist()
-    out = np.empty(mu.shape, dtype=np.float32)
+    out = [None] * len(starts) if sparse else np.empty(mu.shape, dtype=np.float32)
 
     def fill(block: int) -> None:
         rows = slice(starts[block], starts[block] + SAMPLING_CHUNK_ROWS)
@@ -253,7 +263,10 @@ def sample_counts(params: dict[str, np.ndarray], generator: torch.Generator | No
         if "zi_logits" in params:
             dropout = 1.0 / (1.0 + np.exp(-params["zi_logits"][rows]))  # probability of a structural zero
             drawn[rng.random(drawn.shape, dtype=np.float32) < dropout] = 0
-        out[rows] = drawn
+        if sparse:
+            out[block] = _dense_rows_to_csr(drawn)
+        else:
+            out[rows] = drawn
 
     workers = max(1, min(torch.get_num_threads(), len(starts)))
     if workers == 1:
@@ -262,4 +275,17 @@ def sample_counts(params: dict[str, np.ndarray], generator: torch.Generator | No
     else:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(fill, range(len(starts))))
-    return out
+    if not sparse:
+        return out
+    if not out:
+        return sp.csr_matrix(mu.shape, dtype=np.float32)
+    return sp.vstack(out, format="csr")
+
+
+def _dense_rows_to_csr(block: np.ndarray) -> sp.csr_matrix:
+    """CSR (float32) of a C-ordered dense block, built from its nonzero mask without scipy's COO intermediate."""
+    nonzero = block != 0
+    indptr = np.zeros(block.shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.count_nonzero(nonzero, axis=1), out=indptr[1:])
+    indices = np.nonzero(nonzero)[1].astype(np.int32)
+    return sp.csr_matrix((block[nonzero].astype(np.float32), indices, indptr), shape=block.shape)
