@@ -9,7 +9,7 @@ from ._baselines import (
     conditions_frame,
 )
 from ._demo import run_demo
-from ._harness import score_held_out, summary_table
+from ._harness import score_held_out, score_reconstruction, summary_table
 from ._latent import LatentArithmeticBaseline
 from ._linear import LinearBaseline
 from ._run import run_benchmark
@@ -36,6 +36,7 @@ __all__ = [
     "run_benchmark",
     "run_demo",
     "score_held_out",
+    "score_reconstruction",
     "split_combinations",
     "split_combinations_by_seen",
     "split_covariate_transfer",

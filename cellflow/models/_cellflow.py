@@ -90,7 +90,12 @@ class CellFlow:
         and for the flow alike (its latent space is less linear).
     vae_kl_weight
         Weight of the VAE's KL term after warm-up (scvi-tools' ``max_kl_weight``). Below 1
-        the VAE reconstructs better and its latent is less regular (see the Norman report).
+        the VAE keeps more of weak perturbation effects and its latent is less regular. Choose
+        it on training cells: :func:`cellflow.benchmark.score_reconstruction` after
+        :meth:`train_vae` scores how much of each condition's effect the VAE keeps
+        (``benchmarks/vae_fidelity.py`` does this for several weights). On Norman 2019 0.6 kept
+        the mean changes of single activations far better than 1; on Papalexi 2021 it kept them
+        slightly better but their distributions worse, so the default stays at 1.
     seed
         Seed for initialisation and training.
 

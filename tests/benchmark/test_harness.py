@@ -21,3 +21,33 @@ def test_predicted_cells_default_to_the_real_count_and_can_be_set(screen):
     assert fixed.loc[fixed["method"] == "noise_floor", "n_cells"].equals(
         matched.loc[matched["method"] == "noise_floor", "n_cells"]
     )
+
+
+def test_score_reconstruction_keeps_the_effects_the_control_cells_lack(screen, trained):
+    from types import SimpleNamespace
+
+    import numpy as np
+    import pytest
+
+    from cellflow.benchmark import ConditionScorer, conditions_frame, score_reconstruction
+    from cellflow.metrics import log_normalize
+
+    _, _, _, train = screen
+    frame = conditions_frame(train)
+    rows = score_reconstruction(trained, train, frame, covariate_keys=["cell_type"], seed=0)
+    contexts = frame[frame["condition"] != "control"].drop_duplicates()
+    ours = rows[rows["method"] == "vae_reconstruction"]
+    assert len(ours) == len(contexts) == (rows["method"] == "noise_floor").sum()
+    # Baseline it must beat: the context's control cells offered as the reconstruction.
+    real = log_normalize(train.X)
+    scorer = ConditionScorer(real)
+    control_energy = []
+    for row in ours.itertuples():
+        in_context = frame["cell_type"].to_numpy() == row.cell_type
+        truth = real[(frame["condition"].to_numpy() == row.condition) & in_context]
+        control = real[(frame["condition"].to_numpy() == "control") & in_context]
+        control_energy.append(scorer.score(control, truth, control)["energy_distance"])
+    assert ours["energy_distance"].mean() < 0.5 * np.mean(control_energy)
+    assert ours["pearson_delta_top20"].mean() > 0.5
+    with pytest.raises(ValueError, match="batch_key"):
+        score_reconstruction(SimpleNamespace(config=SimpleNamespace(batch_key="batch")), train, frame)
