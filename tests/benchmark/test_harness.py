@@ -1,8 +1,20 @@
-"""score_held_out: how many cells each method predicts."""
+"""score_held_out (how many cells each method predicts) and score_reconstruction."""
 
 from __future__ import annotations
 
-from cellflow.benchmark import AdditiveBaseline, score_held_out
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from cellflow.benchmark import (
+    AdditiveBaseline,
+    ConditionScorer,
+    conditions_frame,
+    score_held_out,
+    score_reconstruction,
+)
+from cellflow.metrics import log_normalize
 
 
 def test_predicted_cells_default_to_the_real_count_and_can_be_set(screen):
@@ -24,14 +36,6 @@ def test_predicted_cells_default_to_the_real_count_and_can_be_set(screen):
 
 
 def test_score_reconstruction_keeps_the_effects_the_control_cells_lack(screen, trained):
-    from types import SimpleNamespace
-
-    import numpy as np
-    import pytest
-
-    from cellflow.benchmark import ConditionScorer, conditions_frame, score_reconstruction
-    from cellflow.metrics import log_normalize
-
     _, _, _, train = screen
     frame = conditions_frame(train)
     rows = score_reconstruction(trained, train, frame, covariate_keys=["cell_type"], seed=0)
