@@ -22,6 +22,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check cellflow tests benchmarks
+	$(VENV)/bin/lint-imports  # the layers of docs/architecture.md (contract in pyproject.toml)
 	$(PY) -m pytest -q
 	$(MAKE) docs
 

@@ -10,7 +10,9 @@ shift, which keeps the control cells' spread). A ratio well below 1 on the *trai
 conditions means the flow contracts the cells towards their mean: an error of the flow's
 fit, not of its generalisation.
 
-Run: ``.venv/bin/python -u benchmarks/flow_spread.py --model DIR/seed0 [--data PATH] [--n-cells 500] [--split-seed 0]``
+Run: ``.venv/bin/python -u benchmarks/flow_spread.py --model DIR/seed0 [--data PATH] [--n-cells 500] [--split-seed 0]
+[--results-page]`` (``--results-page`` writes the means by split into the section ``flow_spread`` of
+``docs/results.md``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n-cells", type=int, default=500, help="generated cells per condition")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generation")
     parser.add_argument("--split-seed", type=int, default=0, help="the --split-seed the model was trained with")
+    parser.add_argument(
+        "--results-page", action="store_true", help="write the means by split into docs/results.md (off by default)"
+    )
     return parser.parse_args(argv)
 
 
@@ -85,6 +90,17 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         print(table.to_string())
         print("\nmean by split:")
         print(table.groupby("split").mean(numeric_only=True).to_string())
+    if args.results_page:
+        from _results import markdown_table, provenance, write_results_section
+
+        means = table.groupby("split").mean(numeric_only=True)
+        means.insert(0, "conditions", table.groupby("split").size())
+        intro = provenance(
+            f"Model {args.model} (coupling {getattr(model.flow_config, 'coupling', None)!r}); total within-condition "
+            f"latent variance, sum over {model.config.latent_dim} dimensions, mean over the conditions of each split."
+        )
+        formats = {c: "{:.3f}" for c in means.columns if c != "conditions"}
+        write_results_section("flow_spread", f"{intro}\n\n{markdown_table(means, formats, index=True)}")
     return table
 
 

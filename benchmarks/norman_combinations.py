@@ -22,7 +22,12 @@ test set.
 Run: ``.venv/bin/python -u benchmarks/norman_combinations.py [--seed 0] [--seeds N] [--flow-steps 2000]
 [--latent-dim 32] [--source control] [--source-shift measured] [--reflow-rounds 1] [--pooling mean]
 [--predicted-cells 2000] [--vae-kl-weight 1] [--save-models DIR] [--report RUN1/results.csv RUN2/results.csv]
-[--backbone-kwargs '{"hidden_dim": 512}'] [--out DIR]``
+[--backbone-kwargs '{"hidden_dim": 512}'] [--out DIR] [--results-page]``
+
+``--results-page`` writes the seed summary of both protocols, the verdicts and the times into the
+section ``norman_combinations`` of ``docs/results.md`` (``norman_combinations-kl0.6`` with
+``--vae-kl-weight 0.6``; with ``--report``, pass the ``--vae-kl-weight`` the runs used to pick the
+section). The page's numbers come from ``--seeds 4`` (or four ``--seed`` runs joined by ``--report``).
 """
 
 from __future__ import annotations
@@ -78,6 +83,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="only print the tables of earlier runs' results.csv files (e.g. seeds run in parallel), no training",
     )
+    parser.add_argument(
+        "--results-page", action="store_true", help="write the summary into docs/results.md (off by default)"
+    )
     args = parser.parse_args(argv)
     if args.reflow_rounds < 0:
         parser.error(f"--reflow-rounds {args.reflow_rounds}: give 0 or more.")
@@ -132,10 +140,14 @@ def train_and_score(adata, frame, train, held_out, baselines, args, seed: int) -
         vae_kl_weight=args.vae_kl_weight,
         seed=seed,
     )
-    vae_options = {"vae_epochs": args.vae_epochs}
-    if args.vae_batch_size is not None:
-        vae_options["vae_batch_size"] = args.vae_batch_size
-    model.train(flow_steps=args.flow_steps, progress_bar=False, reflow_rounds=0, **vae_options)
+    vae_options = {} if args.vae_batch_size is None else {"batch_size": args.vae_batch_size}
+    model.train(
+        vae_epochs=args.vae_epochs,
+        flow_steps=args.flow_steps,
+        reflow_rounds=0,
+        vae_kwargs=vae_options,
+        progress_bar=False,
+    )
     latent = LatentArithmeticBaseline(model).fit(train)
 
     def score(stage_baselines, vae_ceiling):
@@ -245,12 +257,47 @@ def report(results: pd.DataFrame, predicted_cells: int) -> None:
     )
 
 
+def results_page_section(results: pd.DataFrame, args: argparse.Namespace) -> None:
+    """Write the seed summary of both protocols, the verdicts and the times into docs/results.md."""
+    from _results import markdown_table, provenance, write_results_section
+
+    seeds = sorted(results["seed"].unique())
+    parts = [
+        provenance(
+            f"Held out: {', '.join(sorted(results['condition'].unique()))}; VAE KL weight {args.vae_kl_weight:g}; "
+            f"seeds {', '.join(str(s) for s in seeds)}. Mean over the held-out doubles, then "
+            + ("mean ± sd over the seeds." if len(seeds) > 1 else "one seed.")
+        )
+    ]
+    for protocol in ["matched", str(args.predicted_cells)]:
+        rows = results[results["predicted_cells"].astype(str) == protocol]
+        cells = "As many predicted cells as real ones" if protocol == "matched" else f"{protocol} predicted cells"
+        per_seed = rows.groupby(["method", "seed"])[METRICS].mean().groupby("method")
+        mean, sd = per_seed.mean(), per_seed.std()
+        table = mean.map("{:.4f}".format)
+        if len(seeds) > 1:
+            table = table + " ± " + sd.map("{:.4f}".format)
+        table = table.reindex([m for m in METHODS if m in table.index])
+        parts.append(f"**{cells} per held-out double**\n\n{markdown_table(table, index=True)}")
+        parts.append("\n".join(f"- {line}" for line in verdict_lines(rows)))
+    model_rows = results[(results["method"] == "cellflow") & (results["predicted_cells"].astype(str) == "matched")]
+    times = model_rows.groupby("seed")[["vae_seconds", "flow_seconds", "reflow_seconds"]].first().mean()
+    parts.append(
+        f"Times per seed (mean): VAE {times['vae_seconds']:.0f} s, flow {times['flow_seconds']:.0f} s, "
+        f"reflow {times['reflow_seconds']:.0f} s."
+    )
+    name = "norman_combinations" + ("" if args.vae_kl_weight == 1.0 else f"-kl{args.vae_kl_weight:g}")
+    write_results_section(name, "\n\n".join(parts))
+
+
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     """Run the benchmark and print per-condition and averaged scores, times and the verdicts."""
     args = parse_args(argv)
     if args.report is not None:
         results = pd.concat([pd.read_csv(path) for path in args.report], ignore_index=True)
         report(results, args.predicted_cells)
+        if args.results_page:
+            results_page_section(results, args)
         return results
     import cellflow as cf
     from cellflow.benchmark import AdditiveBaseline, ControlBaseline, conditions_frame, split_combinations
@@ -295,6 +342,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         args.out.mkdir(parents=True, exist_ok=True)
         results.to_csv(args.out / "results.csv", index=False)
         print(f"\nwrote {args.out / 'results.csv'}")
+    if args.results_page:
+        results_page_section(results, args)
     print(f"done in {time.perf_counter() - start:.0f} s")
     return results
 

@@ -33,7 +33,8 @@ iteration, and pass ``--peer-iterations`` so its training takes as long as ours.
 
 Run: ``.venv/bin/python -u benchmarks/peer_cellflow.py [--peer-iterations 200000] [--threads N]
 [--seed 0] [--skip-ours] [--peer-venv ~/.cache/cellflow-bench/peer-venv] [--out DIR]``
-(a quick check: ``--peer-iterations 200 --skip-ours --threads 1``).
+(a quick check: ``--peer-iterations 200 --skip-ours --threads 1``). ``--results-page`` writes the
+comparison table into the section ``peer_cellflow`` of ``docs/results.md``.
 """
 
 from __future__ import annotations
@@ -92,6 +93,9 @@ def parse_args(argv: list[str] | None = None, default_data: Path | None = None) 
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for both methods (default: all)")
     parser.add_argument("--skip-ours", action="store_true", help="score the peer and the baselines only")
     parser.add_argument("--out", type=Path, default=None, help="directory for results.csv, summary.csv, predictions")
+    parser.add_argument(
+        "--results-page", action="store_true", help="write the comparison into docs/results.md (off by default)"
+    )
     args = parser.parse_args(argv)
     if args.peer_iterations < 1:
         parser.error(f"--peer-iterations {args.peer_iterations}: give at least 1.")
@@ -271,6 +275,28 @@ def summary_table(results: pd.DataFrame, times: dict[str, dict]) -> pd.DataFrame
     return table
 
 
+def write_results_page(table: pd.DataFrame, timings: dict, held_out: list[str], args) -> None:
+    """The comparison table (and the peer's timings) into the section ``peer_cellflow`` of docs/results.md."""
+    from _results import markdown_table, provenance, write_results_section
+
+    intro = provenance(
+        f"Average over the {len(held_out)} held-out doubles ({', '.join(held_out)}), as many predicted cells as "
+        f"real ones; seed {args.seed}; peer: cellflow-tools, {args.peer_iterations} iterations. Energy distance: "
+        "lower is better; Pearson delta: higher is better; times in seconds."
+    )
+    formats = {m: "{:.4f}" for m in METRICS} | {
+        "train_seconds": "{:,.0f}",
+        "generate_seconds": "{:,.0f}",
+        "end_to_end_seconds": "{:,.0f}",
+        "end_to_end_vs_ours": "{:.2f}x",
+    }
+    peer = (
+        f"Peer: preprocessing + set-up {timings['preprocess_seconds']:.0f} s (in its end-to-end time), "
+        f"{timings['train_seconds'] / timings['iterations']:.3f} s/iteration."
+    )
+    write_results_section("peer_cellflow", f"{intro}\n\n{markdown_table(table, formats, index=True)}\n\n{peer}")
+
+
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     """Install (if needed), run both methods on the same split, and print one comparison table."""
     nc = load_norman_module()
@@ -322,6 +348,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         results.to_csv(args.out / "results.csv", index=False)
         table.to_csv(args.out / "summary.csv")
         print(f"\nwrote {args.out / 'results.csv'}, {args.out / 'summary.csv'} and {args.out / 'peer'}")
+    if args.results_page:
+        write_results_page(table, timings, held_out, args)
     print(f"done in {time.perf_counter() - start:.0f} s")
     return table
 

@@ -12,7 +12,9 @@ set. ``mcfaline`` (CRISPRi in three glioblastoma lines, contexts = lines) and ``
 (ECCITE-seq knockouts in THP-1, weak effects) are scored on all their cells.
 
 Run: ``.venv/bin/python -u benchmarks/vae_fidelity.py [--dataset norman|mcfaline|papalexi]
-[--kl-weights 1,0.6] [--seeds 2] [--data PATH] [--out DIR]``
+[--kl-weights 1,0.6] [--seeds 2] [--data PATH] [--vae-epochs N] [--out DIR] [--results-page]``
+(``--vae-epochs 1 --seeds 1`` is a smoke run, not a measurement). ``--results-page`` writes the
+summary and the verdict into the section ``vae_fidelity-DATASET`` of ``docs/results.md``.
 """
 
 from __future__ import annotations
@@ -39,7 +41,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=None, help="the data file (default: ../shared/data/...)")
     parser.add_argument("--kl-weights", default="1,0.6", help="comma-separated KL weights of the VAE")
     parser.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1 per KL weight")
+    parser.add_argument("--vae-epochs", type=int, default=None, help="VAE epochs (default: cellflow's)")
     parser.add_argument("--out", type=Path, default=None, help="directory to write fidelity.csv to")
+    parser.add_argument(
+        "--results-page", action="store_true", help="write the summary into docs/results.md (off by default)"
+    )
     args = parser.parse_args(argv)
     try:
         args.kl_weights = [float(w) for w in args.kl_weights.split(",")]
@@ -49,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--kl-weights: every weight must be positive.")
     if args.seeds < 1:
         parser.error(f"--seeds {args.seeds}: give at least 1.")
+    if args.vae_epochs is not None and args.vae_epochs < 1:
+        parser.error(f"--vae-epochs {args.vae_epochs}: give at least 1.")
     if args.data is None:
         args.data = PAPALEXI_DATA if args.dataset == "papalexi" else DEFAULT_DATA
     return args
@@ -83,14 +91,14 @@ def load(dataset: str, path: Path):
     return adata, keys
 
 
-def score_weight(adata, keys: list[str], kl_weight: float, seed: int) -> pd.DataFrame:
+def score_weight(adata, keys: list[str], kl_weight: float, seed: int, epochs: int | None = None) -> pd.DataFrame:
     """Train the VAE at one KL weight and seed; score the reconstruction of every perturbed condition."""
     import cellflow as cf
     from cellflow.benchmark import conditions_frame, score_reconstruction
 
     model = cf.CellFlow(adata, vae_kl_weight=kl_weight, seed=seed)
     start = time.perf_counter()
-    model.train_vae(progress_bar=False)
+    model.train_vae(epochs=epochs, progress_bar=False)
     seconds = time.perf_counter() - start
     rows = score_reconstruction(model, adata, conditions_frame(adata), covariate_keys=keys, seed=seed)
     return rows.assign(kl_weight=kl_weight, seed=seed, vae_seconds=seconds)
@@ -127,7 +135,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     runs = []
     for kl_weight in args.kl_weights:
         for seed in range(args.seeds):
-            rows = score_weight(adata, keys, kl_weight, seed)
+            rows = score_weight(adata, keys, kl_weight, seed, args.vae_epochs)
             ours = rows[rows["method"] == "vae_reconstruction"][METRICS].mean()
             print(
                 f"  KL {kl_weight:g} seed {seed}: VAE {rows['vae_seconds'].iloc[0]:.0f} s, "
@@ -144,6 +152,15 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         args.out.mkdir(parents=True, exist_ok=True)
         results.to_csv(args.out / "fidelity.csv", index=False)
         print(f"wrote {args.out / 'fidelity.csv'}")
+    if args.results_page:
+        from _results import markdown_table, provenance, write_results_section
+
+        intro = provenance(
+            f"{adata.n_obs} training cells of {args.dataset}; mean over conditions, "
+            f"mean ± sd over {args.seeds} seed(s)."
+        )
+        table = markdown_table(summary(results), index=True)
+        write_results_section(f"vae_fidelity-{args.dataset}", f"{intro}\n\n{table}\n\n{verdict(results)}")
     print(f"done in {time.perf_counter() - start:.0f} s")
     return results
 

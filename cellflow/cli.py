@@ -1,4 +1,4 @@
-"""Command line: ``cellflow demo | train | generate``.
+"""Command line: ``cellflow demo | train | generate | benchmark``.
 
 The verbs mirror the Python API; run ``cellflow VERB --help`` for the options.
 """
@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+
+from ._constants import COUPLINGS, LIKELIHOODS, PRECISIONS, SOLVER_METHODS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -41,26 +43,23 @@ def _parser() -> argparse.ArgumentParser:
     train = verbs.add_parser("train", help="train a model on an .h5ad file and save it")
     _add_setup_options(train)
     train.add_argument("--out", required=True, help="directory to save the model to")
-    train.add_argument("--backbone", default="mlp")
-    train.add_argument("--latent-dim", type=int, default=32)
-    train.add_argument("--likelihood", default="nb", choices=["nb", "zinb", "poisson", "normal"])
-    train.add_argument("--token-embedding", default="learned", choices=["learned", "expression"])
-    train.add_argument("--flow-steps", type=int, default=2000)
+    # Options left out take the library's defaults (cf.CellFlow and cellflow.train's configs).
+    train.add_argument("--backbone", default=None, help="velocity network (default: mlp)")
+    train.add_argument("--latent-dim", type=int, default=None)
+    train.add_argument("--likelihood", default=None, choices=LIKELIHOODS, help="default: nb")
+    train.add_argument("--token-embedding", default=None, choices=["learned", "expression"])
+    train.add_argument("--flow-steps", type=int, default=None)
     train.add_argument("--vae-epochs", type=int, default=None)
-    train.add_argument("--reflow-rounds", type=int, default=1, help="reflow rounds after the flow (0: none)")
+    train.add_argument("--reflow-rounds", type=int, default=None, help="reflow rounds after the flow (0: none)")
+    train.add_argument("--coupling", default=None, choices=COUPLINGS, help="how sources are paired with targets")
     train.add_argument(
         "--validation-fraction",
         type=float,
-        default=0.0,
-        help="share of perturbed conditions held out for early stopping of the flow (0: none)",
+        default=None,
+        help="share of perturbed conditions held out for early stopping of the flow (default 0: none)",
     )
-    train.add_argument(
-        "--precision",
-        default="32-true",
-        choices=["32-true", "bf16-mixed", "16-mixed"],
-        help="arithmetic of the flow's training (float32 was fastest for the default networks, CPU and GPU)",
-    )
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--precision", default=None, choices=PRECISIONS, help="arithmetic of the flow's training")
+    train.add_argument("--seed", type=int, default=None)
     train.add_argument("--quiet", action="store_true")
     train.set_defaults(run=_train)
 
@@ -72,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument(
         "--method",
         default=None,
-        choices=["euler", "heun", "rk4", "dopri5"],
+        choices=SOLVER_METHODS,
         help="ODE solver (default: euler for a reflowed model, else heun)",
     )
     generate.add_argument("--steps", type=int, default=None, help="solver steps (default: 4 after reflow, else 8)")
@@ -93,6 +92,7 @@ def _add_setup_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
+    # The verbs import the library when they run, so that `cellflow --help` does not load torch.
     from .benchmark import run_demo
 
     run_demo(
@@ -120,24 +120,27 @@ def _train(args: argparse.Namespace) -> None:
         layer=args.layer,
         counts=args.likelihood != "normal",
     )
-    model = cf.CellFlow(
-        adata,
-        backbone=args.backbone,
-        latent_dim=args.latent_dim,
-        likelihood=args.likelihood,
-        token_embedding=args.token_embedding,
-        seed=args.seed,
-    )
+    architecture = {
+        "backbone": args.backbone,
+        "latent_dim": args.latent_dim,
+        "likelihood": args.likelihood,
+        "token_embedding": args.token_embedding,
+        "seed": args.seed,
+    }
+    model = cf.CellFlow(adata, **_given(architecture))
+    flow = {"coupling": args.coupling, "validation_fraction": args.validation_fraction, "precision": args.precision}
     model.train(
-        vae_epochs=args.vae_epochs,
-        flow_steps=args.flow_steps,
-        reflow_rounds=args.reflow_rounds,
-        validation_fraction=args.validation_fraction,
-        precision=args.precision,
+        **_given({"vae_epochs": args.vae_epochs, "flow_steps": args.flow_steps, "reflow_rounds": args.reflow_rounds}),
+        flow_kwargs=_given(flow),
         progress_bar=not args.quiet,
     )
     model.save(args.out)
     print(f"saved {model!r} to {args.out}")
+
+
+def _given(options: dict) -> dict:
+    """The options given on the command line (the others keep the library's defaults)."""
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def _generate(args: argparse.Namespace) -> None:

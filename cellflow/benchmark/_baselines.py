@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from ..data._setup import get_setup, setup_conditions
 from ..metrics import log_normalize
+from ..pp._setup import get_setup, setup_conditions
 
 if TYPE_CHECKING:
     from anndata import AnnData

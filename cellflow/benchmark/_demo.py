@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import cellflow as cf
+
 from ._baselines import AdditiveBaseline, ControlBaseline, conditions_frame
 from ._harness import score_held_out, summary_table
 from ._splits import split_combinations
@@ -48,8 +50,6 @@ def run_demo(
     -------
     The per-condition results (one row per method, condition and cell type).
     """
-    import cellflow as cf
-
     say = print if progress else (lambda *a, **k: None)
     start = time.perf_counter()
     say(f"[1/4] Simulating a screen: {n_cells} cells x {n_genes} genes, 2 cell types (gene-regulatory network)")

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ..metrics import log_normalize
+from ..tl import generate
 from ._baselines import Baseline
 from ._scoring import ConditionScorer
 
@@ -77,8 +78,6 @@ def score_held_out(
     model, ``generate_seconds``. The method ``noise_floor`` is half of the real cells
     predicting the other half.
     """
-    from ..tl import generate
-
     real = log_normalize(adata.X)
     scorer = ConditionScorer(real)
     keys = list(covariate_keys)

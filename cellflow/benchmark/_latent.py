@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 
+from ..flow import TokenShifts
 from ..metrics import log_normalize
+from ..pp._conditions import parse_condition
+from ..pp._setup import setup_conditions
 from ._baselines import Baseline
 
 
 class LatentArithmeticBaseline(Baseline):
-    """Control latents shifted by the sum of the tokens' mean latent shifts, decoded by the model's VAE.
+    """Control latents shifted by the dose-weighted sum of the tokens' mean latent shifts, decoded by the model's VAE.
 
-    For a token ``t`` in a context: ``delta_t = mean latent(t) - mean latent(control)``, with
-    the latents the VAE's posterior means of the training cells. A condition ``A+B`` is
-    predicted as control latents of the context + ``delta_A + delta_B``, decoded with the
-    control cells' library sizes and sampled from the likelihood (as scGen, Lotfollahi et
-    al. 2019, with the VAE of the model instead of a separately trained one). A token not
-    measured as a single in the context uses its mean shift over the contexts where it was
-    (covariate transfer); a token never measured alone contributes nothing and is listed in
+    The shifts are :class:`~cellflow.flow.TokenShifts` (``mode="additive"``), the latent
+    arithmetic the flow itself runs relative to, estimated on the latents (the VAE's posterior
+    means) of the cells this baseline is fitted on. A condition ``A+B`` is predicted as control
+    latents of the context + ``shift_A + shift_B``, decoded with the control cells' library
+    sizes and sampled from the likelihood (as scGen, Lotfollahi et al. 2019, with the VAE of the
+    model instead of a separately trained one). A token not measured alone in the context uses
+    its shift from the contexts where it was (covariate transfer), or one derived from the
+    combinations it was measured in; a token with neither contributes nothing and is listed in
     ``missing_singles``.
 
     Parameters
@@ -45,32 +50,31 @@ class LatentArithmeticBaseline(Baseline):
             self.batch = np.array([codes[str(b)] for b in adata.obs[self.model.config.batch_key]], dtype=np.int64)
         self.latent = self.model.vae.encode(matrix, self.batch)
         self.log_library = np.log(np.maximum(np.asarray(matrix.sum(axis=1)).ravel(), 1.0))
+        conditions = setup_conditions(adata, self.setup)
+        context_codes, context_names = pd.factorize(self.contexts)
+        self.context_code = {name: code for code, name in enumerate(context_names)}
+        self.tokens = sorted({t for c in conditions for t in c.tokens})
+        self.shifts = TokenShifts.from_cells(
+            self.latent, conditions, context_codes, len(context_names), self.tokens, mode="additive"
+        )
         self.missing_singles: dict[str, list[str]] = {}
         return self
-
-    def token_shift(self, token: str, context: str) -> np.ndarray | None:
-        """Mean latent shift of the single ``token`` in ``context`` (else averaged over contexts), or ``None``."""
-        shifts = []
-        for ctx in [context] + [c for c in np.unique(self.contexts) if c != context]:
-            rows, controls = self._cells(token, ctx), self._cells(self.setup.control, ctx)
-            if len(rows) and len(controls):
-                shift = self.latent[rows].mean(axis=0) - self.latent[controls].mean(axis=0)
-                if ctx == context:
-                    return shift
-                shifts.append(shift)
-        return np.mean(shifts, axis=0) if shifts else None
 
     def predict(self, condition, *, covariates=None, n_cells=500, seed=0):  # noqa: D102
         context = self._context(covariates)
         controls = self._control_cells(context)
         pick = np.random.default_rng(seed).choice(controls, n_cells)
-        z = self.latent[pick].copy()
-        for token in self._tokens(condition):
-            shift = self.token_shift(token, context)
-            if shift is None:
-                self.missing_singles.setdefault(condition, []).append(token)
-                continue
-            z += shift
+        parsed = parse_condition(condition, control=self.setup.control, sep=self.setup.combo_sep)
+        known = [
+            t in self.tokens and bool(self.shifts.table[:, self.tokens.index(t)].abs().sum()) for t in parsed.tokens
+        ]
+        missing = [t for t, k in zip(parsed.tokens, known) if not k]
+        if missing:
+            self.missing_singles.setdefault(condition, []).extend(missing)
+        ids = torch.tensor([[self.tokens.index(t) if k else 0 for t, k in zip(parsed.tokens, known)] or [0]])
+        doses = torch.tensor([[d if k else 0.0 for d, k in zip(parsed.doses, known)] or [0.0]], dtype=torch.float32)
+        shift = self.shifts(ids, doses, doses != 0, torch.tensor([self.context_code[context]]))[0].numpy()
+        z = self.latent[pick] + shift
         batch = None if self.batch is None else torch.as_tensor(self.batch[pick])[:, None]
         generator = torch.Generator().manual_seed(seed)
         counts = self.model.vae.decode(

@@ -10,10 +10,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+import cellflow as cf
+
 from ..metrics import log_normalize
+from ..tl import generate
 from ._baselines import AdditiveBaseline, ControlBaseline, conditions_frame
 from ._latent import LatentArithmeticBaseline
 from ._linear import LinearBaseline
+from ._report import write_report
 from ._scoring import ConditionScorer
 from ._splits import Split, split_combinations_by_seen, split_covariate_transfer, split_singles
 
@@ -72,10 +76,6 @@ def run_benchmark(
     could not predict a condition). Methods: ``cellflow``, every baseline, ``noise_floor``.
     """
     import anndata as ad
-
-    import cellflow as cf
-
-    from ._report import write_report
 
     say = print if progress else (lambda *a, **k: None)
     if split not in SPLITS:
@@ -158,8 +158,6 @@ def _split(frame, split, keys, n_held_out, seed, control) -> Split:
 
 def _score(adata, frame, split, model, baselines, keys, control, seed, say):
     """Rows of scores, and the mean change from control per gene of every prediction (for the plots)."""
-    from ..tl import generate
-
     real = log_normalize(adata.X)
     scorer = ConditionScorer(real)
     labels = frame["condition"].to_numpy()

@@ -10,8 +10,8 @@ import pandas as pd
 
 from ._arguments import check_arguments, resolve_times
 from ._counts import sample_counts
-from ._design import allocate_cells, plan_perturbations
 from ._grn import GeneRegulatoryNetwork, sample_network
+from ._screen_design import allocate_cells, plan_perturbations
 
 UNS_KEY = "simulation"
 CONTROL = "control"

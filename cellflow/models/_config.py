@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-SOURCES = ("control", "noise")
-TOKEN_EMBEDDINGS = ("learned", "expression", "table")
+from .._constants import LIKELIHOODS, POOLINGS, SOURCE_SHIFTS, SOURCES, TOKEN_EMBEDDINGS
 
 
 @dataclass
 class CellFlowConfig:
-    """Architecture of a :class:`~cellflow.CellFlow` model.
+    """Architecture of a :class:`~cellflow.CellFlow` model (saved as JSON in checkpoints).
+
+    The defaults are :class:`~cellflow.CellFlow`'s arguments; this record has none of its own.
 
     Attributes
     ----------
@@ -46,27 +47,27 @@ class CellFlowConfig:
         (``1000 / largest time``) so the time points are well resolved.
     """
 
-    backbone: str = "mlp"
-    backbone_kwargs: dict = field(default_factory=dict)
-    latent_dim: int = 32
-    likelihood: str = "nb"
-    batch_key: str | None = None
-    source: str = "control"
-    source_shift: str = "none"
-    token_embedding: str = "learned"
-    cond_dim: int = 128
-    pooling: str = "sum"
-    vae_hidden: int = 128
-    vae_layers: int = 1
-    vae_kl_weight: float = 1.0
-    seed: int = 0
-    time_scale: float = 1000.0
+    backbone: str
+    backbone_kwargs: dict
+    latent_dim: int
+    likelihood: str
+    batch_key: str | None
+    source: str
+    source_shift: str
+    token_embedding: str
+    cond_dim: int
+    pooling: str
+    vae_hidden: int
+    vae_layers: int
+    vae_kl_weight: float
+    seed: int
+    time_scale: float
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise ValueError(f"source={self.source!r} must be one of {SOURCES}.")
-        if self.source_shift not in ("measured", "additive", "none"):
-            raise ValueError(f"source_shift={self.source_shift!r} must be 'measured', 'additive' or 'none'.")
+        if self.source_shift not in SOURCE_SHIFTS:
+            raise ValueError(f"source_shift={self.source_shift!r} must be one of {SOURCE_SHIFTS}.")
         if self.source_shift != "none" and self.source != "control":
             raise ValueError(
                 f"source_shift={self.source_shift!r} moves control cells; with source='noise' use source_shift='none'."
@@ -76,8 +77,10 @@ class CellFlowConfig:
                 f"token_embedding={self.token_embedding!r} must be 'learned', 'expression' or a pandas DataFrame "
                 "indexed by perturbation name."
             )
-        if self.pooling not in ("mean", "sum", "attention"):
-            raise ValueError(f"pooling={self.pooling!r} must be 'mean', 'sum' or 'attention'.")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling={self.pooling!r} must be one of {POOLINGS}.")
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood={self.likelihood!r} must be one of {LIKELIHOODS}.")
         if not self.vae_kl_weight > 0:
             raise ValueError(f"vae_kl_weight={self.vae_kl_weight} must be positive (1: the evidence lower bound).")
         if self.latent_dim < 1 or self.cond_dim < 1:

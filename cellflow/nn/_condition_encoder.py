@@ -3,17 +3,37 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from ..models.backbones._base import EncodedCondition
 from ._set_encoder import Pooling, SetEncoder, TokenEmbedding, present_tokens
 from ._time_embedding import TimestepEmbedder
 
 
+class EncodedCondition(NamedTuple):
+    """A batch of conditions, as the backbones see them.
+
+    Attributes
+    ----------
+    vector
+        ``(B, C)`` pooled condition: the perturbation set, covariates and (where used)
+        experimental time, merged into one vector.
+    tokens
+        ``(B, K, C)`` the individual (dose-scaled) perturbation token embeddings, for
+        backbones that attend to them (``set_attention``); padded to the longest set.
+    mask
+        ``(B, K)`` boolean, ``True`` where ``tokens`` holds a real token.
+    """
+
+    vector: torch.Tensor
+    tokens: torch.Tensor
+    mask: torch.Tensor
+
+
 class ConditionEncoder(nn.Module):
-    """Encode a batch of conditions into an :class:`~cellflow.models.backbones.EncodedCondition`.
+    """Encode a batch of conditions into an :class:`~cellflow.backbones.EncodedCondition`.
 
     ``vector = MLP([pooled set, covariate embeddings..., time embedding])``. Rows flagged in
     ``drop`` get a learned null condition instead (the whole condition, covariates
@@ -44,8 +64,8 @@ class ConditionEncoder(nn.Module):
         cond_dim: int,
         covariate_cardinalities: Sequence[int] = (),
         use_time: bool = False,
-        pooling: Pooling = "mean",
         *,
+        pooling: Pooling,
         time_scale: float = 1000.0,
     ):
         super().__init__()

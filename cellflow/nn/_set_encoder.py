@@ -138,7 +138,7 @@ class SetEncoder(nn.Module):
         Attention heads (``"attention"`` pooling only); must divide ``dim``.
     """
 
-    def __init__(self, token_embedding: TokenEmbedding, dim: int, pooling: Pooling = "mean", *, n_heads: int = 4):
+    def __init__(self, token_embedding: TokenEmbedding, dim: int, pooling: Pooling, *, n_heads: int = 4):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}.")

@@ -8,6 +8,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from .. import metrics as m
+from ..pp._setup import SetupConfig, parse_obs_conditions
+
 if TYPE_CHECKING:
     from anndata import AnnData
 
@@ -78,9 +81,6 @@ def evaluate(
     --------
     >>> table = cf.tl.evaluate(pred, adata, metrics=["pearson_delta", "energy_distance"])  # doctest: +SKIP
     """
-    from .. import metrics as m
-    from ..data._setup import SetupConfig, parse_obs_conditions
-
     unknown = [name for name in metrics if name not in EVALUATE_METRICS]
     if unknown:
         raise ValueError(f"Unknown metric(s) {unknown}; choose from {list(EVALUATE_METRICS)}.")
@@ -161,8 +161,6 @@ def _match(frame: pd.DataFrame, record: dict) -> np.ndarray:
 
 
 def _scores(pred, truth, control, names, projector, top_k) -> dict[str, float]:
-    from .. import metrics as m
-
     top = m.top_de_genes(truth, control, min(top_k, truth.shape[1]))
     out = {}
     for name in names:

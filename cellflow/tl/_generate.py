@@ -11,7 +11,8 @@ import scipy.sparse as sp
 import torch
 
 from .._constants import LATENT_KEY
-from ..data._conditions import parse_condition
+from ..flow import ConditionBatch
+from ..pp._conditions import parse_condition
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -67,9 +68,8 @@ def generate(
         ODE solver (``"euler"``, ``"heun"``, ``"rk4"`` with ``steps`` fixed steps, or
         ``"dopri5"``, adaptive). Default: ``"euler"`` with 4 steps for a reflowed model
         (what ``model.train()`` returns; ``distill_steps`` steps after distillation), else
-        ``"heun"`` with 8 steps. Chosen with ``benchmarks/speed.py`` on Norman 2019 (one training
-        seed): after one reflow round, Euler with 4 steps scored as well as Heun with 8 (energy
-        6.79 vs 7.65, Pearson top-20 0.823 vs 0.817) at a quarter of the function evaluations.
+        ``"heun"`` with 8 steps: reflow straightens the flow so that a few Euler steps land where
+        an accurate solver would (the solver-quality benchmark compares them on real data).
     guidance
         Classifier-free guidance scale ``w``: the velocity is ``v(null) + w * (v(condition)
         - v(null))``. ``1`` (default) uses the condition alone; ``w > 1`` pushes further
@@ -89,11 +89,9 @@ def generate(
     """
     import anndata as ad
 
-    from ..models.backbones import EncodedCondition
-    from ..models.flow import ODESolver
-
     model._require_trained()
-    method, steps = default_solver(model, method, steps)
+    module = model.module
+    method, steps = module.sampling.solver(method, steps)
     setup, codec = model.setup, model.codec
     conditions = [conditions] if isinstance(conditions, str) else list(conditions)
     if not conditions:
@@ -110,58 +108,45 @@ def generate(
     _check_guidance(model, guidance)
     time_points = _time_points(model, times)
     context_values = _context(model, covariates)
-    context = model.reference.context_code(context_values)
+    context = torch.tensor([module.reference.context_code(context_values)])
     covariate_codes = codec.encode_covariates([dict(zip(codec.covariate_keys, context_values))])
 
     generator = torch.Generator().manual_seed(seed)
-    over_time = model.backbone.sequence_over_time
-    solver_fn = None
+    # A backbone over time generates whole trajectories through the training time points at once.
+    over_time = module.over_time
+    per_draw = [None] if over_time else time_points
     latents, counts, rows, trajectories = [], [], [], []
+    nfe = 0
     for i, cond in enumerate(parsed):
         ids, dose, mask = codec.encode_conditions([cond])
         label = cond.label(setup.control, setup.combo_sep)
         dose_label = setup.combo_sep.join(f"{d:g}" for d in cond.doses) if cond.tokens else "0"
-        if over_time:
-            options = {"guidance": guidance, "method": method, "steps": steps, "sample_counts": sample_counts}
-            solver_fn, z1, x = _generate_trajectories(
-                model, (ids, dose, mask), covariate_codes, context, time_points, n_cells, generator, label, **options
+        for t in per_draw:
+            time_point = torch.tensor([0.0 if t is None else t], dtype=torch.float32)
+            condition = ConditionBatch(ids, dose, mask, covariate_codes, time_point, context)
+            z1, log_library, batch, nfe = module.sample(
+                condition, n_cells, generator, method=method, steps=steps, guidance=guidance
             )
-            for k, t in enumerate(time_points):
-                latents.append(z1[:, k].numpy())
-                counts.append(x[k])
-                rows.append((label, dose_label, t, n_cells))
-                trajectories.append(i * n_cells + np.arange(n_cells))
-            continue
-        for t in time_points:
-            time_point = torch.tensor([t], dtype=torch.float32)
-            with torch.no_grad():
-                enc = model.encoder(ids, dose, mask, covariate_codes, time_point)
-                null = model.encoder(ids, dose, mask, covariate_codes, time_point, drop=torch.ones(1, dtype=torch.bool))
-            if not model.backbone.broadcasts_condition:
-                enc, null = (EncodedCondition(*(x.expand(n_cells, *x.shape[1:]) for x in e)) for e in (enc, null))
-            z0, log_library, batch = model.reference.sample(context, n_cells, generator)
-            if model.config.source == "noise":
-                z0 = torch.randn(z0.shape, generator=generator)
-
-            def velocity(z, s, enc=enc, null=null):
-                if model.backbone.broadcasts_condition:
-                    s = s[:1]  # the solver's one flow time, for the one condition
-                if guidance == 1.0:
-                    return model.backbone(z, s, enc)
-                unconditional = model.backbone(z, s, null)
-                return unconditional + guidance * (model.backbone(z, s, enc) - unconditional)
-
-            solver_fn = ODESolver(velocity)
-            z1 = solver_fn.sample(z0, method=method, steps=steps)
-            if model.token_shift is not None:  # the flow runs relative to latent arithmetic
-                z1 = z1 + model.token_shift(ids, dose, mask, torch.tensor([context]))
             _check_finite(z1, label, method, steps)
-            x = model.vae.decode(
-                z1, log_library[:, None], batch[:, None], sample=sample_counts, generator=generator, sparse=True
-            )
-            latents.append(z1.numpy())
-            counts.append(x)
-            rows.append((label, dose_label, t, n_cells))
+            if over_time:  # (n, T, D) trajectories: decode them at each requested time point
+                outputs = [(model.time_points.index(t_out), t_out) for t_out in time_points]
+            else:  # (n, D) cells of time point t, as trajectories of one time point
+                z1, log_library, batch = z1[:, None], log_library[:, None], batch[:, None]
+                outputs = [(0, t)]
+            for k, t_out in outputs:
+                x = model.vae.decode(
+                    z1[:, k],
+                    log_library[:, k, None],
+                    batch[:, k, None],
+                    sample=sample_counts,
+                    generator=generator,
+                    sparse=True,
+                )
+                latents.append(z1[:, k].numpy())
+                counts.append(x)
+                rows.append((label, dose_label, t_out, n_cells))
+                if over_time:
+                    trajectories.append(i * n_cells + np.arange(n_cells))
     obs = _obs(rows, setup, codec.covariate_keys, context_values)
     if over_time:
         obs["trajectory"] = np.concatenate(trajectories).astype(np.int64)
@@ -176,20 +161,9 @@ def generate(
         "guidance": float(guidance),
         "seed": int(seed),
         "sample_counts": bool(sample_counts),
-        "function_evaluations_per_condition": int(solver_fn.last_nfe),
+        "function_evaluations_per_condition": int(nfe),
     }
     return out
-
-
-def default_solver(model: CellFlow, method: str | None, steps: int | None) -> tuple[str, int]:
-    """The solver and step count used when not given: few Euler steps once the flow is reflowed."""
-    reflowed = model.history.get("reflow_rounds", 0) > 0
-    if method is None:
-        method = "euler" if reflowed else "heun"
-    if steps is None:
-        distilled = int(model.history.get("distill_steps", 0) or 0)
-        steps = (distilled or 4) if reflowed and method == "euler" else 8
-    return method, steps
 
 
 def _check_finite(z1: torch.Tensor, label: str, method: str, steps: int) -> None:
@@ -205,7 +179,7 @@ def _check_finite(z1: torch.Tensor, label: str, method: str, steps: int) -> None
 def _check_guidance(model: CellFlow, guidance: float) -> None:
     if not np.isfinite(guidance) or guidance < 0:
         raise ValueError(f"guidance={guidance} must be a finite number >= 0 (1 = no guidance).")
-    if guidance != 1.0 and not model.history.get("condition_dropout", 0.0) > 0:
+    if guidance != 1.0 and not model.module.sampling.null_condition:
         raise ValueError(
             f"guidance={guidance} needs a null condition, but this model was trained with condition_dropout=0. "
             "Train with e.g. model.train(condition_dropout=0.1), or use guidance=1."
@@ -222,7 +196,7 @@ def _time_points(model: CellFlow, times: Sequence[float] | None) -> list[float]:
     times = [float(t) for t in ([times] if np.isscalar(times) else times)]
     if not times:
         raise ValueError("times is empty; give at least one time point.")
-    if model.backbone.sequence_over_time:
+    if model.module.over_time:
         known = model.time_points
         unknown = [t for t in times if t not in known]
         if unknown:
@@ -234,71 +208,6 @@ def _time_points(model: CellFlow, times: Sequence[float] | None) -> list[float]:
     return times
 
 
-@torch.no_grad()
-def _generate_trajectories(
-    model,
-    condition,
-    covariate_codes,
-    context,
-    times,
-    n_cells,
-    generator,
-    label,
-    *,
-    guidance,
-    method,
-    steps,
-    sample_counts,
-):
-    """Carry ``n_cells`` control trajectories of the context through the flow of a backbone over time.
-
-    ``condition`` is the encoded ``(token_ids, doses, mask)`` of one condition, ``label`` its name (for errors).
-
-    Returns the solver, the ``(n, T, D)`` predicted trajectories (every training time point)
-    and the decoded counts at each of ``times`` (a list of ``(n, genes)``).
-    """
-    from ..models.flow import ODESolver
-
-    ids, dose, mask = condition
-    z0, log_library, batch = model.reference.sample_trajectories(context, n_cells, generator)  # (n, T, D), (n, T)
-    n_times = z0.shape[1]
-    if model.config.source == "noise":
-        z0 = torch.randn(z0.shape, generator=generator)
-    enc = model.encoder(ids, dose, mask, covariate_codes)
-    null = model.encoder(ids, dose, mask, covariate_codes, drop=torch.ones(1, dtype=torch.bool))
-    enc, null = (type(e)(*(x.expand(n_cells, *x.shape[1:]) for x in e)) for e in (enc, null))
-    backbone_times = model._backbone_times()
-
-    def velocity(z, s):
-        if guidance == 1.0:
-            return model.backbone(z, s, enc, backbone_times)
-        unconditional = model.backbone(z, s, null, backbone_times)
-        return unconditional + guidance * (model.backbone(z, s, enc, backbone_times) - unconditional)
-
-    solver_fn = ODESolver(velocity)
-    z1 = solver_fn.sample(z0, method=method, steps=steps)
-    if model.token_shift is not None:  # the flow runs relative to latent arithmetic
-        # Time-resolved shifts: row context * T + k of the table is the shift at time point k.
-        rows = context * n_times + torch.arange(n_times)
-        z1 = z1 + model.token_shift(ids.expand(n_times, -1), dose.expand(n_times, -1), mask.expand(n_times, -1), rows)
-    _check_finite(z1, label, method, steps)
-    known = model.time_points
-    decoded = []
-    for t in times:
-        k = known.index(t)
-        decoded.append(
-            model.vae.decode(
-                z1[:, k],
-                log_library[:, k, None],
-                batch[:, k, None],
-                sample=sample_counts,
-                generator=generator,
-                sparse=True,
-            )
-        )
-    return solver_fn, z1, decoded
-
-
 def _context(model: CellFlow, covariates: Mapping[str, str] | None) -> tuple[str, ...]:
     keys = model.codec.covariate_keys
     covariates = dict(covariates or {})
@@ -306,7 +215,7 @@ def _context(model: CellFlow, covariates: Mapping[str, str] | None) -> tuple[str
     if unknown:
         raise ValueError(f"Unknown covariate(s) {sorted(unknown)}; the model was trained with covariates {keys}.")
     if len(covariates) < len(keys):
-        contexts = model.reference.contexts
+        contexts = model.module.reference.contexts
         if len(contexts) == 1:
             return contexts[0]
         missing = [k for k in keys if k not in covariates]

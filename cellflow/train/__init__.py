@@ -1,32 +1,33 @@
-"""Lightning modules and batch sampling for training the flow."""
+"""Training: options, the groups of training cells, the Lightning training plan of the flow, and reflow."""
 
+from ._config import COUPLINGS, PRECISIONS, FlowTrainingConfig, ReflowConfig, VAETrainingConfig
 from ._design import TrainingDesign, build_training_design
-from ._fit import fit_flow_module
-from ._flow_module import FlowModule, FlowTrainingConfig, GroupBatches, GroupTable, TrajectoryFlowModule
+from ._fit import fit_flow_plan
+from ._flow import fit_latent_arithmetic, flow_loss, flow_pairs, reflow, resolve_coupling, train_flow, training_plan
 from ._groups import GroupIndex
-from ._reflow import flow_pairs
-from ._trajectories import (
-    TrajectoryIndex,
-    batched_assignment,
-    chain_states,
-    chain_trajectories,
-    time_resolved_shifts,
-)
+from ._plan import FlowTrainingPlan, GroupBatches
+from ._validation import check_validation_split, split_validation_conditions, validation_split
 
 __all__ = [
-    "FlowModule",
+    "COUPLINGS",
+    "PRECISIONS",
     "FlowTrainingConfig",
+    "FlowTrainingPlan",
     "GroupBatches",
     "GroupIndex",
-    "GroupTable",
+    "ReflowConfig",
     "TrainingDesign",
-    "TrajectoryFlowModule",
-    "TrajectoryIndex",
-    "batched_assignment",
+    "VAETrainingConfig",
     "build_training_design",
-    "chain_states",
-    "chain_trajectories",
-    "fit_flow_module",
+    "check_validation_split",
+    "fit_flow_plan",
+    "fit_latent_arithmetic",
+    "flow_loss",
     "flow_pairs",
-    "time_resolved_shifts",
+    "reflow",
+    "resolve_coupling",
+    "split_validation_conditions",
+    "train_flow",
+    "training_plan",
+    "validation_split",
 ]

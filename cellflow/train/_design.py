@@ -8,10 +8,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..data._codec import ConditionCodec
-from ..data._conditions import Condition
-from ..data._setup import SetupConfig
-from ._flow_module import GroupTable
+from ..flow import ConditionBatch
+from ..pp._codec import ConditionCodec
+from ..pp._conditions import Condition
+from ..pp._setup import SetupConfig
+from ._groups import GroupIndex
 
 
 @dataclass
@@ -19,7 +20,7 @@ class TrainingDesign:
     """Groups of the training cells and their network inputs.
 
     A group is condition x context x time point for backbones that take time as part of the
-    condition, and condition x context (a *trajectory group*, followed over every time
+    condition, and condition x context (a group followed over every time
     point) for backbones over time (``over_time=True`` in :func:`build_training_design`).
 
     Attributes
@@ -33,7 +34,7 @@ class TrainingDesign:
     group_context
         ``(G,)`` context of each group.
     table
-        Network inputs of every group (its ``time`` is zero for trajectory groups).
+        Network inputs and context of every group (its ``time`` is zero for groups over time).
     time
         ``(N,)`` experimental time of every cell (zero without a ``time_key``).
     time_points
@@ -45,6 +46,10 @@ class TrainingDesign:
         contexts and time points).
     group_is_control
         ``(G,)`` whether the group holds control cells.
+    over_time
+        Groups are followed over all time points (for backbones over time).
+    has_time
+        The data have experimental times (a ``time_key``).
     """
 
     group: np.ndarray
@@ -52,15 +57,36 @@ class TrainingDesign:
     contexts: list
     is_control: np.ndarray
     group_context: np.ndarray
-    table: GroupTable
+    table: ConditionBatch
     time: np.ndarray
     time_points: np.ndarray
     group_condition: np.ndarray
     group_is_control: np.ndarray
+    over_time: bool = False
+    has_time: bool = False
     time_code: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         self.time_code = np.searchsorted(self.time_points, self.time).astype(np.int64)
+
+    @property
+    def n_groups(self) -> int:
+        """Number of groups."""
+        return len(self.group_context)
+
+    def index(self) -> GroupIndex:
+        """The cells of every group (at every time point, for groups over time) and the controls of every context."""
+        if not self.over_time:
+            return GroupIndex.build(self.group, self.context, self.is_control, self.n_groups, len(self.contexts))
+        return GroupIndex.build(
+            self.group,
+            self.context,
+            self.is_control,
+            self.n_groups,
+            len(self.contexts),
+            time_code=self.time_code,
+            n_times=len(self.time_points),
+        )
 
 
 def build_training_design(
@@ -79,7 +105,7 @@ def build_training_design(
     conditions
         Condition of every cell.
     over_time
-        Group by condition x context only (trajectory groups, for backbones over time). Every
+        Group by condition x context only (groups followed over time, for backbones over time). Every
         condition must then be measured at every time point in its context, and the control
         cells of every such context too: a trajectory needs a state at each time point.
 
@@ -110,15 +136,16 @@ def build_training_design(
     token_ids, doses, mask = codec.encode_conditions(group_conditions)
     covariate_rows = [dict(zip(keys, contexts[ctx])) for _, ctx, _ in group_keys]
     covariates = codec.encode_covariates(covariate_rows) if keys else torch.zeros(len(group_keys), 0, dtype=torch.long)
-    table = GroupTable(
+    group_context = np.array([ctx for _, ctx, _ in group_keys], dtype=np.int64)
+    table = ConditionBatch(
         token_ids=token_ids,
         doses=doses,
         mask=mask,
         covariates=covariates,
         time=torch.tensor([t for _, _, t in group_keys], dtype=torch.float32),
+        context=torch.as_tensor(group_context),
     )
     is_control = np.array([c.is_control for c in conditions])
-    group_context = np.array([ctx for _, ctx, _ in group_keys], dtype=np.int64)
     group_condition = np.array([c for c, _, _ in group_keys], dtype=np.int64)
     return TrainingDesign(
         group=group_codes.astype(np.int64),
@@ -131,11 +158,13 @@ def build_training_design(
         time_points=time_points,
         group_condition=group_condition,
         group_is_control=np.array([cond_uniques[c].is_control for c in group_condition], dtype=bool),
+        over_time=over_time,
+        has_time=setup.time_key is not None,
     )
 
 
 def _check_time_courses(group_codes, group_keys, cond_uniques, contexts, time, time_points, setup) -> None:
-    """Every trajectory group (controls included) must be measured at every time point."""
+    """Every group over time (controls included) must be measured at every time point."""
     measured = pd.crosstab(group_codes, time).reindex(columns=time_points, fill_value=0) > 0  # (G, T)
     incomplete = np.flatnonzero(~measured.to_numpy().all(axis=1))
     if len(incomplete) == 0:

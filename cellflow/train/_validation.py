@@ -3,34 +3,14 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from ..models.flow import sample_flow_time
+from ..flow import sample_flow_time
 
 VALIDATION_SEED_OFFSET = 7919  # validation draws: training seed + this, apart from the training stream
-
-
-@dataclass
-class EarlyStopping:
-    """When to look at the validation conditions and when to give up.
-
-    Attributes
-    ----------
-    patience
-        Validation checks without improvement before training stops.
-    every
-        Gradient steps between validation checks.
-    min_delta
-        Smallest decrease of the validation loss that counts as an improvement.
-    """
-
-    patience: int = 5
-    every: int = 100
-    min_delta: float = 0.0
 
 
 def check_validation_split(n_perturbed: int, fraction: float) -> None:
@@ -74,11 +54,17 @@ def split_validation_conditions(
     return np.isin(group_condition, held) & ~group_is_control
 
 
+def validation_split(design, fraction: float, seed: int) -> torch.Tensor:
+    """Codes of the groups of a :class:`~cellflow.train.TrainingDesign` held out for validation (see above)."""
+    held = split_validation_conditions(design.group_condition, design.group_is_control, fraction, seed)
+    return torch.as_tensor(np.flatnonzero(held))
+
+
 def fixed_validation_batches(index, groups: torch.Tensor, groups_per_batch: int, cells_per_group: int, seed: int):
     """Minibatches of the validation groups drawn once, with their flow times, so every check sees the same loss.
 
     Returns a list of ``(target, source, batch_group, s)``; ``index`` is a
-    :class:`~cellflow.train.GroupIndex` (or a :class:`~cellflow.train.TrajectoryIndex`).
+    :class:`~cellflow.train.GroupIndex`.
     """
     generator = torch.Generator().manual_seed(seed)
     batches = []
@@ -91,13 +77,12 @@ def fixed_validation_batches(index, groups: torch.Tensor, groups_per_batch: int,
 class BestWeights(pl.Callback):
     """Keep the weights of the best validation check and restore them when training ends.
 
-    After fitting, ``best_loss`` and ``best_step`` describe that check and ``stopped_step``
-    the step at which training ended.
+    After fitting, ``best_loss`` and ``best_step`` describe that check.
     """
 
     def __init__(self, monitor: str = "val_loss") -> None:
         self.monitor = monitor
-        self.best_loss, self.best_step, self.stopped_step = float("inf"), 0, 0
+        self.best_loss, self.best_step = float("inf"), 0
         self._state = None
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:  # noqa: D102
@@ -109,6 +94,5 @@ class BestWeights(pl.Callback):
             self._state = copy.deepcopy(pl_module.state_dict())
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:  # noqa: D102
-        self.stopped_step = trainer.global_step
         if self._state is not None:
             pl_module.load_state_dict(self._state)

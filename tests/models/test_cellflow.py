@@ -103,13 +103,17 @@ def test_untrained_model_and_bad_options(screen):
         model.train_flow(steps=1)
     # Flow options are checked before the VAE trains, so a typo costs no training time.
     for bad, message in [
-        ({"coupling": "sinkhorn"}, "coupling="),
-        ({"flow_steps": 0}, "flow_steps=0"),
-        ({"reflow_rounds": -1}, "reflow_rounds=-1"),
+        ({"flow_kwargs": {"coupling": "sinkhorn"}}, "coupling="),
+        ({"flow_steps": 0}, "flow steps=0"),
+        ({"reflow_rounds": -1}, "reflow rounds=-1"),
     ]:
         with pytest.raises(ValueError, match=message):
             model.train(**bad)
         assert model.vae is None
+    # A misspelt option is named, with the ones that exist.
+    with pytest.raises(TypeError, match=r"flow_kwargs got unknown option\(s\) \['cells_per_grup'\].*'cells_per_group'"):
+        model.train(flow_kwargs={"cells_per_grup": 8})
+    assert model.vae is None
     with pytest.raises(ValueError, match="Unknown backbone 'transformer'"):
         cf.CellFlow(train, backbone="transformer")
     with pytest.raises(ValueError, match="source="):
@@ -138,7 +142,7 @@ def test_expression_embedding_covers_every_measured_gene(screen):
 
 def test_table_embedding_must_cover_training_tokens(screen):
     _, _, _, train = screen
-    tokens = list(cf.data.get_setup(train).tokens)
+    tokens = list(cf.pp.get_setup(train).tokens)
     table = pd.DataFrame(np.random.default_rng(0).normal(size=(len(tokens) + 1, 5)), index=tokens + ["NEW"])
     model = cf.CellFlow(train, token_embedding=table, latent_dim=4)
     assert "NEW" in model.codec.tokens
@@ -149,7 +153,7 @@ def test_table_embedding_must_cover_training_tokens(screen):
 def test_a_users_backbone_plugs_in_by_name(screen, tmp_path):
     from torch import nn
 
-    from cellflow.models.backbones import Backbone, available_backbones, register_backbone
+    from cellflow.backbones import Backbone, available_backbones, register_backbone
 
     @register_backbone("test_linear")
     class LinearVelocity(Backbone):
@@ -168,7 +172,7 @@ def test_a_users_backbone_plugs_in_by_name(screen, tmp_path):
     model.train(vae_epochs=2, flow_steps=5, progress_bar=False, accelerator="cpu")
     model.save(tmp_path / "m")
     loaded = cf.CellFlow.load(tmp_path / "m")
-    assert isinstance(loaded.backbone, LinearVelocity) and loaded.backbone.scale == 0.5
+    assert isinstance(loaded.module.backbone, LinearVelocity) and loaded.module.backbone.scale == 0.5
     kwargs = {"conditions": ["control"], "n_cells": 5, "covariates": {"cell_type": "type_0"}}
     np.testing.assert_array_equal(
         cf.tl.generate(model, **kwargs).obsm["X_cellflow"], cf.tl.generate(loaded, **kwargs).obsm["X_cellflow"]

@@ -14,7 +14,7 @@ SMALL = {
     "set_attention": {"hidden_dim": 16, "n_blocks": 1, "n_heads": 2},
     "mamba": {"hidden_dim": 16, "n_blocks": 1, "d_state": 4},
 }
-TRAIN = {"vae_epochs": 3, "flow_steps": 25, "groups_per_batch": 4, "cells_per_group": 8}
+TRAIN = {"vae_epochs": 3, "flow_steps": 25, "flow_kwargs": {"groups_per_batch": 4, "cells_per_group": 8}}
 SETUP = {"perturbation_key": "perturbation", "control": "control", "covariate_keys": ["cell_type"], "time_key": "time"}
 
 
@@ -74,7 +74,7 @@ def test_every_backbone_answers_the_same_generate_call(models, course, backbone)
 def test_generated_trajectories_are_chained_control_cells_when_the_flow_stands_still(models):
     """With zero velocity, control trajectories are real control cells of each time point, linked by exact OT."""
     model = models["mamba"]
-    final = model.backbone.final_layer.linear
+    final = model.module.backbone.final_layer.linear
     saved = final.weight.detach().clone(), final.bias.detach().clone()
     with torch.no_grad():
         final.weight.zero_(), final.bias.zero_()
@@ -86,7 +86,7 @@ def test_generated_trajectories_are_chained_control_cells_when_the_flow_stands_s
     finally:
         with torch.no_grad():
             final.weight.copy_(saved[0]), final.bias.copy_(saved[1])
-    reference = model.reference
+    reference = model.module.reference
     context = reference.context_code(("type_0",))
     latent = pred.obsm["X_cellflow"].reshape(len(times), 15, -1)  # (T, n, D), trajectories in the same row order
     for k, t in enumerate(times):
@@ -116,7 +116,7 @@ def test_use_vae_shares_the_autoencoder(models, course):
     other = cf.CellFlow(course, backbone="mamba", latent_dim=6, cond_dim=16, backbone_kwargs=SMALL["mamba"], seed=1)
     other.use_vae(models["mlp"])
     assert other.vae is models["mlp"].vae
-    np.testing.assert_array_equal(other._latent, models["mlp"]._latent)
+    np.testing.assert_array_equal(other._encoded_cells().latent, models["mlp"]._encoded_cells().latent)
     with pytest.raises(ValueError, match="same latent_dim"):
         cf.CellFlow(course, backbone="mlp", latent_dim=4).use_vae(models["mlp"])
 
@@ -125,7 +125,8 @@ def test_mamba_reflow_keeps_the_generate_contract(course):
     model = cf.CellFlow(course, backbone="mamba", latent_dim=6, cond_dim=16, backbone_kwargs=SMALL["mamba"], seed=2)
     model.train(**TRAIN, reflow_rounds=0, progress_bar=False, accelerator="cpu")
     model.reflow(rounds=1, steps=5, pairs_per_group=6, ode_steps=2, distill_steps=1, progress_bar=False)
-    assert model.history["reflow_rounds"] == 1 and np.isfinite(model.history["reflow_final_loss"])
+    assert model.module.sampling.reflow_rounds == 1 and model.module.sampling.distill_steps == 1
+    assert np.isfinite(model.history["reflow_final_loss"])
     pred = cf.tl.generate(
         model, conditions=["control"], times=model.time_points, n_cells=5, covariates={"cell_type": "type_0"}
     )

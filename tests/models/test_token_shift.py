@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from cellflow.data._conditions import parse_condition
-from cellflow.models._token_shift import TokenShifts
+from cellflow.flow._token_shift import TokenShifts
+from cellflow.pp._conditions import parse_condition
 
 
 def _cells():
@@ -52,10 +52,28 @@ def test_round_trip_through_tensors():
 def test_additive_shift_needs_control_source():
     from cellflow.models._config import CellFlowConfig
 
+    config = {
+        "backbone": "mlp",
+        "backbone_kwargs": {},
+        "latent_dim": 4,
+        "likelihood": "nb",
+        "batch_key": None,
+        "source": "control",
+        "source_shift": "measured",
+        "token_embedding": "learned",
+        "cond_dim": 8,
+        "pooling": "sum",
+        "vae_hidden": 8,
+        "vae_layers": 1,
+        "vae_kl_weight": 1.0,
+        "seed": 0,
+        "time_scale": 1000.0,
+    }
+    CellFlowConfig(**config)
     with pytest.raises(ValueError, match="source='noise'"):
-        CellFlowConfig(source="noise", source_shift="additive")
-    with pytest.raises(ValueError, match="'measured', 'additive' or 'none'"):
-        CellFlowConfig(source_shift="scgen")
+        CellFlowConfig(**{**config, "source": "noise", "source_shift": "additive"})
+    with pytest.raises(ValueError, match=r"source_shift='scgen' must be one of \('measured', 'additive', 'none'\)"):
+        CellFlowConfig(**{**config, "source_shift": "scgen"})
 
 
 def test_measured_mode_uses_a_conditions_own_shift_and_sums_the_rest():

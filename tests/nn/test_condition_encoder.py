@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cellflow.models.backbones import EncodedCondition
+from cellflow.backbones import EncodedCondition
 from cellflow.nn import ConditionEncoder, TokenEmbedding
 
 COND_DIM = 8
@@ -10,7 +10,7 @@ COND_DIM = 8
 def make_encoder(**kwargs):
     torch.manual_seed(0)
     options = {"covariate_cardinalities": [3, 2]} | kwargs
-    return ConditionEncoder(TokenEmbedding.learned(6, COND_DIM), COND_DIM, **options)
+    return ConditionEncoder(TokenEmbedding.learned(6, COND_DIM), COND_DIM, **{"pooling": "mean", **options})
 
 
 def batch(size=4, k=3, seed=1):
@@ -82,7 +82,7 @@ def test_dose_zero_tokens_are_not_in_the_mask():
 
 def test_without_covariates():
     torch.manual_seed(0)
-    encoder = ConditionEncoder(TokenEmbedding.learned(6, COND_DIM), COND_DIM)
+    encoder = ConditionEncoder(TokenEmbedding.learned(6, COND_DIM), COND_DIM, pooling="mean")
     token_ids, doses, mask, _ = batch()
     assert encoder(token_ids, doses, mask).vector.shape == (4, COND_DIM)
     with pytest.raises(ValueError, match="covariate_cardinalities"):
@@ -105,4 +105,4 @@ def test_bad_covariates_raise():
     with pytest.raises(ValueError, match="drop"):
         encoder(token_ids, doses, mask, covariates, drop=torch.ones(4))
     with pytest.raises(ValueError, match="covariate_cardinalities"):
-        ConditionEncoder(TokenEmbedding.learned(6, COND_DIM), COND_DIM, [0])
+        ConditionEncoder(TokenEmbedding.learned(6, COND_DIM), COND_DIM, [0], pooling="sum")

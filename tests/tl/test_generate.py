@@ -8,7 +8,7 @@ import cellflow as cf
 
 @pytest.fixture(scope="module")
 def combo(trained):
-    return next(t for t in cf.data.get_setup(trained.adata).conditions if "+" in t)
+    return next(t for t in cf.pp.get_setup(trained.adata).conditions if "+" in t)
 
 
 def test_output_contract(trained, combo):
@@ -30,19 +30,15 @@ def test_output_contract(trained, combo):
 
 
 def test_default_solver_follows_reflow_and_distillation(trained):
-    from cellflow.tl._generate import default_solver
+    from cellflow.flow import SamplingInfo
 
-    history = dict(trained.history)
-    try:
-        assert default_solver(trained, None, None) == ("euler", 4)
-        assert default_solver(trained, "heun", None) == ("heun", 8)  # a named solver keeps the usual 8 steps
-        assert default_solver(trained, None, 2) == ("euler", 2)
-        trained.history["distill_steps"] = 2
-        assert default_solver(trained, None, None) == ("euler", 2)
-        trained.history["reflow_rounds"] = 0  # a flow that was never straightened: an accurate solver
-        assert default_solver(trained, None, None) == ("heun", 8)
-    finally:
-        trained.history = history
+    assert trained.module.sampling == SamplingInfo(null_condition=True, reflow_rounds=1, distill_steps=0)
+    solver = trained.module.sampling.solver
+    assert solver() == ("euler", 4)
+    assert solver("heun") == ("heun", 8)  # a named solver keeps the usual 8 steps
+    assert solver(None, 2) == ("euler", 2)
+    assert SamplingInfo(reflow_rounds=1, distill_steps=2).solver() == ("euler", 2)
+    assert SamplingInfo().solver() == ("heun", 8)  # a flow that was never straightened: an accurate solver
 
 
 def test_same_seed_same_cells_other_seed_other_cells(trained, combo):
@@ -91,6 +87,6 @@ def test_bad_requests(trained, kwargs, message):
 
 
 def test_non_finite_latents_are_refused_before_decoding(trained, monkeypatch):
-    monkeypatch.setattr(trained.backbone, "forward", lambda z, *args, **kwargs: torch.full_like(z, float("nan")))
+    monkeypatch.setattr(trained.module.backbone, "forward", lambda z, *args, **kwargs: torch.full_like(z, float("nan")))
     with pytest.raises(ValueError, match="non-finite latents for 'control'.*method='euler', steps=4"):
         cf.tl.generate(trained, conditions=["control"], n_cells=5, covariates={"cell_type": "type_0"})

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 import cellflow as cf
-from cellflow.train._validation import fixed_validation_batches
 
 SMALL_FLOW = {"cells_per_group": 32, "progress_bar": False, "accelerator": "cpu", "lr": 3e-3}
 
@@ -17,10 +16,7 @@ def _vae_model(train):
 
 def _validation_loss(model) -> float:
     """Float32 flow-matching loss of the trained flow on fixed minibatches of all training groups."""
-    module, index, _ = model._flow_state
-    batches = fixed_validation_batches(index, torch.arange(len(index.size)), 4, 32, seed=123)
-    with torch.no_grad():
-        return sum(float(module.validation_loss(batch)) for batch in batches) / len(batches)
+    return model.flow_loss(validation=False)
 
 
 def test_bf16_mixed_training_learns_as_float32_does(screen):
@@ -35,13 +31,13 @@ def test_bf16_mixed_training_learns_as_float32_does(screen):
     # loss, and to about the same level; the weights stay float32 (master weights).
     assert full < 0.8 * start and mixed < 0.8 * start
     assert mixed == pytest.approx(full, rel=0.15)
-    assert all(p.dtype == torch.float32 for p in mixed_model.backbone.parameters())
-    assert mixed_model._flow_state[2].precision == "bf16-mixed"
+    assert all(p.dtype == torch.float32 for p in mixed_model.module.parameters())
+    assert mixed_model.flow_config.precision == "bf16-mixed"
 
 
 def test_unknown_precision_is_refused_before_training(screen):
     _, _, _, train = screen
     model = cf.CellFlow(train, latent_dim=4, seed=0)
     with pytest.raises(ValueError, match="precision='bf16'.*bf16-mixed"):
-        model.train(precision="bf16", progress_bar=False)
+        model.train(flow_kwargs={"precision": "bf16"}, progress_bar=False)
     assert model.vae is None  # refused before the VAE trained

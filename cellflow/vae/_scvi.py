@@ -1,0 +1,290 @@
+"""The latent space: scvi-tools' VAE, trained by scvi-tools, used as a module.
+
+cellflow trains ``scvi.model.SCVI`` (its likelihoods, encoder, decoder and training plan)
+on a private, minimal AnnData, then keeps only the torch module. Checkpoints store that
+module's weights as safetensors and the arguments that rebuild it as JSON, so loading
+never goes through scvi-tools' pickling save/load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+from .._constants import LIKELIHOODS
+
+
+@dataclass
+class VAEConfig:
+    """Arguments that rebuild the scvi-tools ``VAE`` module (saved as JSON in checkpoints)."""
+
+    n_input: int
+    n_latent: int = 32
+    n_hidden: int = 128
+    n_layers: int = 1
+    n_batch: int = 0
+    gene_likelihood: str = "nb"
+    dispersion: str = "gene"
+    dropout_rate: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.gene_likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood={self.gene_likelihood!r} is not one of {LIKELIHOODS}.")
+
+    @property
+    def log_variational(self) -> bool:
+        # log1p of counts stabilises the encoder input; normalised data are already on a log scale.
+        return self.gene_likelihood != "normal"
+
+    def build(self):
+        """A fresh ``scvi.module.VAE`` with these arguments."""
+        from scvi.module import VAE
+
+        return VAE(
+            n_input=self.n_input,
+            n_batch=self.n_batch,
+            n_labels=1,  # SCVI registers one dummy label when no labels_key is given
+            n_hidden=self.n_hidden,
+            n_latent=self.n_latent,
+            n_layers=self.n_layers,
+            dropout_rate=self.dropout_rate,
+            dispersion=self.dispersion,
+            gene_likelihood=self.gene_likelihood,
+            log_variational=self.log_variational,
+        )
+
+
+class LatentVAE:
+    """An scvi-tools VAE module with the encode / decode calls cellflow needs.
+
+    Parameters
+    ----------
+    module
+        A trained ``scvi.module.VAE``.
+    config
+        The arguments it was built with.
+    """
+
+    def __init__(self, module, config: VAEConfig) -> None:
+        self.module = module.eval()
+        self.config = config
+
+    @classmethod
+    def fit(
+        cls,
+        matrix,
+        *,
+        batch: np.ndarray | None,
+        config: VAEConfig,
+        max_epochs: int,
+        batch_size: int = 256,
+        lr: float = 1e-3,
+        accelerator: str = "auto",
+        devices: int | str = "auto",
+        progress_bar: bool = True,
+        early_stopping: bool = False,
+        kl_weight: float = 1.0,
+        seed: int = 0,
+    ) -> LatentVAE:
+        """Train scvi-tools' SCVI on ``matrix`` (cells x genes) and keep its module.
+
+        ``batch`` holds integer batch codes (``None`` without a batch covariate); ``seed``
+        makes the run repeatable (scvi-tools reseeds from its own setting, not from torch).
+        ``early_stopping`` is scvi-tools' (validation ELBO, patience 45 epochs); it is off by
+        default because the validation ELBO still drifts under the KL warm-up, so it can stop
+        long before the decoder is good (see the results page). ``kl_weight`` is scvi-tools'
+        ``max_kl_weight``, the KL term's weight after its warm-up.
+        """
+        import anndata as ad
+        import scvi
+
+        scvi.settings.seed = seed
+
+        obs = pd.DataFrame(index=[str(i) for i in range(matrix.shape[0])])
+        if batch is not None:
+            obs["batch"] = pd.Categorical(np.asarray(batch).astype(str))
+        # A private AnnData: scvi-tools registers itself in it, never in the user's object.
+        private = ad.AnnData(X=matrix, obs=obs)
+        scvi.model.SCVI.setup_anndata(private, batch_key="batch" if batch is not None else None)
+        model = scvi.model.SCVI(
+            private,
+            n_latent=config.n_latent,
+            n_hidden=config.n_hidden,
+            n_layers=config.n_layers,
+            dropout_rate=config.dropout_rate,
+            dispersion=config.dispersion,
+            gene_likelihood=config.gene_likelihood,
+            log_variational=config.log_variational,
+        )
+        model.train(
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            accelerator=accelerator,
+            devices=devices,
+            early_stopping=early_stopping,
+            enable_progress_bar=progress_bar,
+            plan_kwargs={"lr": lr, "max_kl_weight": kl_weight},
+        )
+        config.n_batch = model.module.n_batch
+        return cls(model.module.cpu(), config)
+
+    @torch.no_grad()
+    def encode(self, matrix, batch: np.ndarray | None = None, *, batch_size: int = 4096) -> np.ndarray:
+        """Posterior mean of the latent for each cell (``cells x n_latent``)."""
+        out = []
+        for x, b in self._batches(matrix, batch, batch_size):
+            qz = self.module.inference(x, b)["qz"]
+            out.append(qz.loc.cpu().numpy())
+        return np.concatenate(out, axis=0) if out else np.zeros((0, self.config.n_latent), dtype=np.float32)
+
+    @torch.no_grad()
+    def decode(
+        self,
+        z: torch.Tensor,
+        log_library: torch.Tensor,
+        batch: torch.Tensor | None = None,
+        *,
+        sample: bool = True,
+        generator: torch.Generator | None = None,
+        sparse: bool = False,
+    ) -> torch.Tensor | sp.csr_matrix:
+        """Latent + log library size -> the likelihood's parameters -> counts (or the mean).
+
+        Parameters
+        ----------
+        z
+            ``(N, n_latent)`` latent states.
+        log_library
+            ``(N, 1)`` natural log of each cell's library size.
+        batch
+            ``(N, 1)`` integer batch codes, or ``None`` (batch 0).
+        sample
+            Draw from the likelihood (counts); ``False`` returns its mean.
+        generator
+            Random generator for the draw, for reproducible counts.
+        sparse
+            Return a ``scipy.sparse.csr_matrix`` (float32) instead of a tensor. Sampled counts
+            are then compressed block by block as they are drawn, in the sampling threads, so
+            the dense count matrix is never formed; the counts are the same as with
+            ``sparse=False``.
+        """
+        device = next(self.module.parameters()).device
+        z, log_library = z.to(device), log_library.to(device)
+        if batch is None:
+            batch = torch.zeros(z.shape[0], 1, dtype=torch.long, device=device)
+        px = self.module.generative(z, log_library, batch.to(device))["px"]
+        if sample and self.config.gene_likelihood != "normal":
+            return _sample_counts(px, self.config.gene_likelihood, generator, sparse=sparse)
+        x = px.mean if not sample else px.loc + px.scale * torch.randn(px.loc.shape, generator=generator, device=device)
+        return sp.csr_matrix(x.cpu().numpy().astype(np.float32, copy=False)) if sparse else x
+
+    def _batches(self, matrix, batch, batch_size) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        device = next(self.module.parameters()).device
+        for start in range(0, matrix.shape[0], batch_size):
+            chunk = matrix[start : start + batch_size]
+            chunk = chunk.toarray() if sp.issparse(chunk) else np.asarray(chunk)
+            x = torch.as_tensor(chunk, dtype=torch.float32, device=device)
+            if batch is None:
+                b = torch.zeros(x.shape[0], 1, dtype=torch.long, device=device)
+            else:
+                b = torch.as_tensor(np.asarray(batch[start : start + batch_size]), device=device).long().view(-1, 1)
+            yield x, b
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The module's weights."""
+        return {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor], config: VAEConfig) -> LatentVAE:
+        """Rebuild the module from its config and load the weights (strictly)."""
+        module = config.build()
+        module.load_state_dict(state, strict=True)
+        return cls(module, config)
+
+    def config_dict(self) -> dict:
+        """The config as a JSON-ready dict."""
+        return asdict(self.config)
+
+
+SAMPLING_CHUNK_ROWS = 1024  # fixed, so the counts do not depend on the number of threads
+
+
+def _sample_counts(px, likelihood: str, generator: torch.Generator | None, *, sparse: bool):
+    """Draw counts from scvi-tools' count likelihood objects (their own ``mu``, ``theta``, ``zi_logits``, ``rate``)."""
+    mean = px.rate if likelihood == "poisson" else px.mu
+    params = {"mu": mean.detach().cpu().numpy()}
+    if likelihood != "poisson":
+        params["theta"] = px.theta.expand_as(mean).detach().cpu().numpy()
+    if likelihood == "zinb":
+        params["zi_logits"] = px.zi_logits.expand_as(mean).detach().cpu().numpy()
+    counts = sample_counts(params, generator, sparse=sparse)
+    return counts if sparse else torch.from_numpy(counts).to(device=mean.device, dtype=mean.dtype)
+
+
+def sample_counts(
+    params: dict[str, np.ndarray], generator: torch.Generator | None, *, sparse: bool = False
+) -> np.ndarray | sp.csr_matrix:
+    """Counts (float32, cells x genes) from Poisson ``mu``, NB ``mu, theta`` or ZINB ``mu, theta, zi_logits``.
+
+    Drawn with numpy's generators on fixed blocks of rows in a thread pool (numpy releases the
+    GIL while it fills arrays), each block with its own generator seeded from ``generator``: the
+    same seed gives the same counts whatever the thread count. NB(mu, theta) is drawn as
+    Poisson(Gamma(shape=theta, scale=mu / theta)). On a CPU this is faster than torch's serial
+    gamma and Poisson samplers (the generation benchmark splits off the sampling). With
+    ``sparse=True`` each block is compressed to CSR in its
+    thread as soon as it is drawn (the same counts, as a ``scipy.sparse.csr_matrix``): the
+    dense matrix is never formed, and the compression runs in parallel instead of on one
+    thread afterwards.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    mu = params["mu"]
+    starts = range(0, mu.shape[0], SAMPLING_CHUNK_ROWS)
+    seeds = torch.randint(0, 2**62, (len(starts),), generator=generator).tolist()
+    out = [None] * len(starts) if sparse else np.empty(mu.shape, dtype=np.float32)
+
+    def fill(block: int) -> None:
+        rows = slice(starts[block], starts[block] + SAMPLING_CHUNK_ROWS)
+        rng = np.random.default_rng(seeds[block])
+        rate = mu[rows]
+        if "theta" in params:
+            theta = np.maximum(params["theta"][rows], 1e-8)
+            rate = rng.standard_gamma(theta, dtype=np.float32) * (rate / theta)
+        drawn = rng.poisson(rate)
+        if "zi_logits" in params:
+            dropout = 1.0 / (1.0 + np.exp(-params["zi_logits"][rows]))  # probability of a structural zero
+            drawn[rng.random(drawn.shape, dtype=np.float32) < dropout] = 0
+        if sparse:
+            out[block] = _dense_rows_to_csr(drawn)
+        else:
+            out[rows] = drawn
+
+    workers = max(1, min(torch.get_num_threads(), len(starts)))
+    if workers == 1:
+        for block in range(len(starts)):
+            fill(block)
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(fill, range(len(starts))))
+    if not sparse:
+        return out
+    if not out:
+        return sp.csr_matrix(mu.shape, dtype=np.float32)
+    return sp.vstack(out, format="csr")
+
+
+def _dense_rows_to_csr(block: np.ndarray) -> sp.csr_matrix:
+    """CSR (float32) of a C-ordered dense block, built from its nonzero mask without scipy's COO intermediate."""
+    nonzero = block != 0
+    indptr = np.zeros(block.shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.count_nonzero(nonzero, axis=1), out=indptr[1:])
+    indices = np.nonzero(nonzero)[1].astype(np.int32)
+    return sp.csr_matrix((block[nonzero].astype(np.float32), indices, indptr), shape=block.shape)
