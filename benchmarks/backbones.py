@@ -99,7 +99,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def simulated_task(name: str, args: argparse.Namespace) -> Task:
     """``combinations`` (steady state) or ``time_course`` (4 time points) from the simulator."""
     import cellflow as cf
-    from cellflow.benchmark import conditions_frame, split_combinations
+    from cellflow.evaluation import conditions_frame, split_combinations
 
     timed = name == "time_course"
     adata = cf.datasets.simulate_perturbseq(
@@ -129,7 +129,7 @@ def norman_task(args: argparse.Namespace) -> Task:
     import norman_combinations as norman
 
     import cellflow as cf
-    from cellflow.benchmark import conditions_frame, split_combinations
+    from cellflow.evaluation import conditions_frame, split_combinations
 
     adata = norman.load_norman(args.norman_data or norman.DEFAULT_DATA)
     cf.pp.setup(adata, perturbation_key="perturbation", control="control")
@@ -185,7 +185,7 @@ def train_backbones(task: Task, args: argparse.Namespace) -> tuple[dict, float]:
 # ---------------------------------------------------------------- scoring
 def score(task: Task, models: dict, args: argparse.Namespace) -> pd.DataFrame:
     """Scores of every backbone and baseline per held-out condition, context and time point."""
-    from cellflow.benchmark import AdditiveBaseline, ConditionScorer, ControlBaseline, conditions_frame
+    from cellflow.evaluation import AdditiveBaseline, ConditionScorer, ControlBaseline, conditions_frame
     from cellflow.metrics import log_normalize
 
     adata, keys = task.adata, task.covariate_keys

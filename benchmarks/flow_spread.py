@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def spread_table(model, adata, held_out: list[str], n_cells: int, seed: int) -> pd.DataFrame:
     """One row per condition: total within-condition latent variance of real, generated and latent-arithmetic cells."""
     import cellflow as cf
-    from cellflow.benchmark import conditions_frame
+    from cellflow.evaluation import conditions_frame
 
     real = adata.copy()
     cf.tl.encode(model, real)
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     """Print the per-condition spreads and their means by split."""
     args = parse_args(argv)
     import cellflow as cf
-    from cellflow.benchmark import conditions_frame, split_combinations
+    from cellflow.evaluation import conditions_frame, split_combinations
 
     adata = load_norman(args.data)
     cf.pp.setup(adata, perturbation_key="perturbation", control="control")

@@ -126,8 +126,8 @@ def train_and_score(adata, frame, train, held_out, baselines, args, seed: int) -
     reflow does. Latent arithmetic in the model's VAE and the VAE ceiling are scored too.
     """
     import cellflow as cf
-    from cellflow.benchmark import score_held_out
-    from cellflow.benchmark._latent import LatentArithmeticBaseline
+    from cellflow.evaluation import score_held_out
+    from cellflow.evaluation._latent import LatentArithmeticBaseline
 
     model = cf.CellFlow(
         train,
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             results_page_section(results, args)
         return results
     import cellflow as cf
-    from cellflow.benchmark import AdditiveBaseline, ControlBaseline, conditions_frame, split_combinations
+    from cellflow.evaluation import AdditiveBaseline, ControlBaseline, conditions_frame, split_combinations
 
     start = time.perf_counter()
     adata = load_norman(args.data)

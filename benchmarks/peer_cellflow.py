@@ -146,7 +146,7 @@ def ensure_peer_venv(venv: Path) -> Path:
 def build_split(nc, data: Path, split_seed: int):
     """All Norman cells, their condition frame, the training cells and the held-out doubles (as norman_combinations)."""
     import cellflow as cf
-    from cellflow.benchmark import conditions_frame, split_combinations
+    from cellflow.evaluation import conditions_frame, split_combinations
 
     adata = nc.load_norman(data)
     cf.pp.setup(adata, perturbation_key="perturbation", control="control")
@@ -214,7 +214,7 @@ def check_normalisation(train, out: Path) -> float:
 
 def score_peer(adata, frame, held_out: list[str], predictions, timings: dict) -> pd.DataFrame:
     """Score the peer's log-normalised predictions as ``score_held_out`` scores ours."""
-    from cellflow.benchmark._scoring import ConditionScorer
+    from cellflow.evaluation._scoring import ConditionScorer
     from cellflow.metrics import log_normalize
 
     if list(predictions.var_names) != list(adata.var_names):
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     start = time.perf_counter()
     python = ensure_peer_venv(args.peer_venv)
 
-    from cellflow.benchmark import AdditiveBaseline, ControlBaseline, score_held_out
+    from cellflow.evaluation import AdditiveBaseline, ControlBaseline, score_held_out
 
     adata, frame, train, held_out = build_split(nc, args.data, args.split_seed)
     print(f"Norman 2019 (K562 CRISPRa): {adata.n_obs} cells x {adata.n_vars} genes; train {train.n_obs} cells")

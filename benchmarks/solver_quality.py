@@ -80,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 class HeldOutScorer:
     """Mean scores over the held-out conditions: energy distance and Pearson delta on the top-20 genes.
 
-    The scoring of ``cellflow.benchmark.score_held_out`` (PCs fitted on all real cells), solver by solver.
+    The scoring of ``cellflow.evaluation.score_held_out`` (PCs fitted on all real cells), solver by solver.
     """
 
     def __init__(self, scorer, truth: dict[str, np.ndarray], control: np.ndarray) -> None:
@@ -105,7 +105,7 @@ class HeldOutScorer:
 def quality_rows(args, memory: PeakMemory, csv: Path | None) -> list[dict]:
     """Norman split: score each solver before and after reflow (and distillation)."""
     import cellflow as cf
-    from cellflow.benchmark import AdditiveBaseline, ConditionScorer, conditions_frame, split_combinations
+    from cellflow.evaluation import AdditiveBaseline, ConditionScorer, conditions_frame, split_combinations
     from cellflow.metrics import log_normalize
 
     adata = load_norman(args.data)

@@ -3,7 +3,7 @@
 A latent flow cannot predict an effect its VAE washes out. This script trains cellflow's VAE
 (``train_vae``, defaults) at each ``--kl-weights`` value and seed, passes the real cells of every
 perturbed condition through it (encode, decode with their own library sizes, sample counts) and
-scores them against the same cells (``cellflow.benchmark.score_reconstruction``): Pearson delta on
+scores them against the same cells (``cellflow.evaluation.score_reconstruction``): Pearson delta on
 the top-20 genes (is the mean change from control kept?) and energy distance on 50 principal
 components (is the distribution kept?), next to the noise floor. No held-out cell is used: on
 ``norman`` the five held-out doubles of ``norman_combinations.py`` are removed before training
@@ -67,7 +67,7 @@ def load(dataset: str, path: Path):
     import anndata as ad
 
     import cellflow as cf
-    from cellflow.benchmark import conditions_frame, split_combinations
+    from cellflow.evaluation import conditions_frame, split_combinations
 
     if not path.exists():
         sys.exit(f"Data file not found: {path}\nSee ../shared/data/README.md; pass its location with --data PATH.")
@@ -94,7 +94,7 @@ def load(dataset: str, path: Path):
 def score_weight(adata, keys: list[str], kl_weight: float, seed: int, epochs: int | None = None) -> pd.DataFrame:
     """Train the VAE at one KL weight and seed; score the reconstruction of every perturbed condition."""
     import cellflow as cf
-    from cellflow.benchmark import conditions_frame, score_reconstruction
+    from cellflow.evaluation import conditions_frame, score_reconstruction
 
     model = cf.CellFlow(adata, vae_kl_weight=kl_weight, seed=seed)
     start = time.perf_counter()

@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = verbs.add_parser("demo", help="simulate a screen, hold out conditions, train, predict and score")
     demo.add_argument("--n-cells", type=int, default=6000)
     demo.add_argument("--n-genes", type=int, default=200)
-    demo.add_argument("--flow-steps", type=int, default=2000)
+    demo.add_argument("--flow-steps", type=int, default=None, help="default: the library's")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", default=None, help="directory for results.csv and the trained model")
     demo.add_argument("--quiet", action="store_true", help="no progress output")
@@ -93,7 +93,7 @@ def _add_setup_options(parser: argparse.ArgumentParser) -> None:
 
 def _demo(args: argparse.Namespace) -> None:
     # The verbs import the library when they run, so that `cellflow --help` does not load torch.
-    from .benchmark import run_demo
+    from .evaluation import run_demo
 
     run_demo(
         n_cells=args.n_cells,
@@ -179,10 +179,10 @@ def _add_benchmark(verbs) -> None:
     bench.add_argument("--subset-key", default=None, help="keep cells with obs[KEY] == --subset-value")
     bench.add_argument("--subset-value", default=None)
     bench.add_argument("--n-held-out", type=int, default=None)
-    bench.add_argument("--flow-steps", type=int, default=2000)
+    bench.add_argument("--flow-steps", type=int, default=None, help="default: the library's")
     bench.add_argument("--vae-epochs", type=int, default=None)
-    bench.add_argument("--latent-dim", type=int, default=32)
-    bench.add_argument("--token-embedding", default="learned", choices=["learned", "expression"])
+    bench.add_argument("--latent-dim", type=int, default=None)
+    bench.add_argument("--token-embedding", default=None, choices=["learned", "expression"])
     bench.add_argument("--accelerator", default="auto")
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--quiet", action="store_true")
@@ -190,7 +190,7 @@ def _add_benchmark(verbs) -> None:
 
 
 def _benchmark(args: argparse.Namespace) -> None:
-    from .benchmark import run_benchmark
+    from .evaluation import run_benchmark
 
     if (args.subset_key is None) != (args.subset_value is None):
         raise ValueError("--subset-key and --subset-value go together (e.g. --subset-key dataset --subset-value x).")

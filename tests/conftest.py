@@ -57,7 +57,7 @@ def shared_file(name: str) -> Path:
 def screen():
     """A small simulated screen (2 cell types), its condition table and a split holding out 2 combinations."""
     import cellflow as cf
-    from cellflow.benchmark import conditions_frame, split_combinations
+    from cellflow.evaluation import conditions_frame, split_combinations
 
     adata = cf.datasets.simulate_perturbseq(
         n_cells=2400, n_genes=60, n_cell_types=2, n_perturbations=8, n_combinations=8, seed=3
@@ -80,3 +80,12 @@ def trained(screen):
     model = cf.CellFlow(train, latent_dim=16, backbone_kwargs={"hidden_dim": 128, "n_blocks": 2}, seed=0)
     model.train(vae_epochs=40, flow_steps=600, progress_bar=False, accelerator="cpu")
     return model
+
+
+@pytest.fixture
+def trained_copy(trained, tmp_path):
+    """An independent copy of ``trained`` (saved and loaded), for tests that change a model's weights."""
+    import cellflow as cf
+
+    trained.save(tmp_path / "trained")
+    return cf.CellFlow.load(tmp_path / "trained")

@@ -112,7 +112,7 @@ class CellFlow:
     vae_kl_weight
         Weight of the VAE's KL term after warm-up (scvi-tools' ``max_kl_weight``). Below 1
         the VAE keeps more of weak perturbation effects and its latent is less regular. Choose
-        it on training cells: :func:`cellflow.benchmark.score_reconstruction` after
+        it on training cells: :func:`cellflow.evaluation.score_reconstruction` after
         :meth:`train_vae` scores how much of each condition's effect the VAE keeps.
     seed
         Seed for initialisation and training.

@@ -223,7 +223,7 @@ def trained_set_attention(screen):
 @pytest.mark.slow
 def test_held_out_combinations_closer_to_truth_than_control(trained_set_attention, screen):
     """Predicted combinations never seen in training beat the no-change baseline (as the mlp test does)."""
-    from cellflow.benchmark import ControlBaseline
+    from cellflow.evaluation import ControlBaseline
     from cellflow.metrics import log_normalize
 
     adata, _, split, train = screen

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import cellflow as cf
-from cellflow.benchmark import ControlBaseline
+from cellflow.evaluation import ControlBaseline
 from cellflow.metrics import log_normalize
 
 

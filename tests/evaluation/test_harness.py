@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from cellflow.benchmark import (
+from cellflow.evaluation import (
     AdditiveBaseline,
     ConditionScorer,
     conditions_frame,

@@ -37,10 +37,10 @@ def run_benchmark(
     covariate_keys: Sequence[str] = (),
     subset: tuple[str, str] | None = None,
     n_held_out: int | None = None,
-    flow_steps: int = 2000,
+    flow_steps: int | None = None,
     vae_epochs: int | None = None,
-    latent_dim: int = 32,
-    token_embedding: str = "learned",
+    latent_dim: int | None = None,
+    token_embedding: str | None = None,
     seed: int = 0,
     accelerator: str = "auto",
     progress: bool = True,
@@ -65,14 +65,14 @@ def run_benchmark(
     n_held_out
         See ``split`` (defaults: 2 per kind, 3 singles, 3 perturbations).
     flow_steps, vae_epochs, latent_dim, token_embedding, seed, accelerator
-        Model and training options (:class:`cellflow.CellFlow`).
+        Model and training options (:class:`cellflow.CellFlow`); ``None`` keeps its default.
     progress
         Print progress lines.
 
     Returns
     -------
     One row per method, held-out condition and context: the metrics of
-    :class:`~cellflow.benchmark._scoring.ConditionScorer` and ``note`` (why a method
+    :class:`~cellflow.evaluation._scoring.ConditionScorer` and ``note`` (why a method
     could not predict a condition). Methods: ``cellflow``, every baseline, ``noise_floor``.
     """
     import anndata as ad
@@ -105,9 +105,10 @@ def run_benchmark(
     train = adata[chosen.train_mask].copy()
     cf.pp.setup(train, **setup)
 
-    say(f"[2/5] Training CellFlow on {train.n_obs} cells ({flow_steps} flow steps)")
+    say(f"[2/5] Training CellFlow on {train.n_obs} cells")
     tic = time.perf_counter()
-    model = cf.CellFlow(train, latent_dim=latent_dim, token_embedding=token_embedding, seed=seed)
+    architecture = {"latent_dim": latent_dim, "token_embedding": token_embedding}
+    model = cf.CellFlow(train, seed=seed, **{k: v for k, v in architecture.items() if v is not None})
     model.train(flow_steps=flow_steps, vae_epochs=vae_epochs, progress_bar=progress, accelerator=accelerator)
     times["train cellflow (VAE + flow + reflow)"] = time.perf_counter() - tic
     history = model.history
@@ -140,7 +141,7 @@ def run_benchmark(
         "split": split,
         "cells": f"{adata.n_obs} ({train.n_obs} in training)",
         "genes": adata.n_vars,
-        "flow steps": flow_steps,
+        "flow steps": model.flow_config.steps,
         "seed": seed,
     }
     write_report(results, changes, out, description=description, times=times, keys=keys)

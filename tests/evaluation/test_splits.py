@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellflow.benchmark import (
+from cellflow.evaluation import (
     Split,
     split_combinations,
     split_combinations_by_seen,

@@ -49,7 +49,7 @@ def split_combinations(
     ----------
     frame
         One row per cell with a ``condition`` column of canonical labels
-        (:func:`cellflow.benchmark.conditions_frame`).
+        (:func:`cellflow.evaluation.conditions_frame`).
     n_combinations, n_singles
         How many of each to hold out (fewer if fewer qualify).
     seed
@@ -72,7 +72,7 @@ def split_combinations(
 
 def _labels(frame: pd.DataFrame, control: str, sep: str) -> tuple[list[str], list[str]]:
     if "condition" not in frame.columns:
-        raise KeyError("frame needs a 'condition' column (use cellflow.benchmark.conditions_frame).")
+        raise KeyError("frame needs a 'condition' column (use cellflow.evaluation.conditions_frame).")
     conditions = sorted(set(frame["condition"]) - {control})
     return [c for c in conditions if sep not in c], [c for c in conditions if sep in c]
 

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 import cellflow as cf
-from cellflow.benchmark._report import losses
 from cellflow.cli import main
+from cellflow.evaluation._report import losses
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_loss_sentences_follow_the_metric_direction():
 
 
 def test_report_says_when_cellflow_predicts_nothing(tmp_path):
-    from cellflow.benchmark._report import write_report
+    from cellflow.evaluation._report import write_report
 
     results = pd.DataFrame(
         {

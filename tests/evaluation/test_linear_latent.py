@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import cellflow as cf
-from cellflow.benchmark import LatentArithmeticBaseline, LinearBaseline
+from cellflow.evaluation import LatentArithmeticBaseline, LinearBaseline
 from cellflow.metrics import log_normalize
 
 

@@ -21,7 +21,7 @@ def run_demo(
     *,
     n_cells: int = 6000,
     n_genes: int = 200,
-    flow_steps: int = 2000,
+    flow_steps: int | None = None,
     seed: int = 0,
     out: str | Path | None = None,
     progress: bool = True,
@@ -38,7 +38,7 @@ def run_demo(
     n_cells, n_genes
         Size of the simulated screen.
     flow_steps
-        Training steps of the flow.
+        Training steps of the flow (default: cellflow's).
     seed
         Seed of the simulation, the split and the model.
     out
@@ -63,7 +63,7 @@ def run_demo(
     cf.pp.setup(train, **setup)
 
     say(f"[2/4] Training on {train.n_obs} cells: scvi-tools VAE, then the latent rectified flow (and one reflow)")
-    model = cf.CellFlow(train, backbone="mlp", latent_dim=32, seed=seed)
+    model = cf.CellFlow(train, seed=seed)
     model.train(flow_steps=flow_steps, progress_bar=progress)
     history = model.history
     say(

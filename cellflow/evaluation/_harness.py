@@ -74,7 +74,7 @@ def score_held_out(
     Returns
     -------
     One row per method, condition and context: the metrics of
-    :class:`~cellflow.benchmark._scoring.ConditionScorer`, ``n_cells`` and, for the
+    :class:`~cellflow.evaluation._scoring.ConditionScorer`, ``n_cells`` and, for the
     model, ``generate_seconds``. The method ``noise_floor`` is half of the real cells
     predicting the other half.
     """
@@ -131,7 +131,7 @@ def score_reconstruction(
 
     Every perturbed condition of ``adata`` (in each context) is encoded, decoded with the cells'
     own library sizes and sampled, then scored against the same real cells like a prediction
-    (:class:`~cellflow.benchmark.ConditionScorer`, control cells of the context as reference),
+    (:class:`~cellflow.evaluation.ConditionScorer`, control cells of the context as reference),
     next to the noise floor. It needs only the VAE (:meth:`~cellflow.CellFlow.train_vae`) and
     only training cells, so it can choose VAE settings (e.g. the KL weight) without looking at
     held-out conditions: a latent flow cannot predict an effect its VAE does not keep. The
