@@ -206,7 +206,7 @@ class CellFlow:
         if [str(g) for g in adata.var_names] != list(self.genes):
             raise ValueError("adata must hold the model's genes in the model's order (model.genes).")
         setup = get_setup(adata)
-        if setup.to_uns() != self.setup.to_uns():
+        if setup != self.setup:  # the registration (keys, control, layer, ...), not the conditions present
             raise ValueError(f"adata is registered differently ({setup}) from the model's data ({self.setup}).")
         conditions = setup_conditions(adata, setup)
         self.codec.check_tokens(conditions)
