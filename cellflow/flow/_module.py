@@ -145,6 +145,26 @@ class FlowModule(nn.Module):
         """Whether a state is a whole trajectory ``(T, D)`` rather than one cell ``(D,)``."""
         return self.backbone.over_time
 
+    def snapshot(self) -> dict:
+        """A copy of everything the module holds (weights, shifts, reference, sampling), for :meth:`restore`."""
+        return {
+            "weights": {k: v.detach().clone() for k, v in self.state_dict().items()},
+            "shifts": self.shifts,
+            "reference": self.reference,
+            "sampling": SamplingInfo(**vars(self.sampling)),
+        }
+
+    def restore(self, snapshot: dict) -> None:
+        """Put the module back as it was when ``snapshot`` was taken (e.g. after an interrupted training stage)."""
+        with torch.no_grad():
+            self.load_state_dict(snapshot["weights"])
+        self.shifts, self.sampling = snapshot["shifts"], snapshot["sampling"]
+        self.reference = None
+        self.times = torch.zeros(0)
+        if snapshot["reference"] is not None:
+            self.set_reference(snapshot["reference"])
+        self.eval()
+
     def set_reference(self, reference: ControlReference) -> None:
         """Keep the training control cells (the sources of generation) and the time points they define."""
         self.reference = reference

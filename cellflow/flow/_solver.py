@@ -18,7 +18,6 @@ __all__ = ["ODESolver"]
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-
 def _euler_step(f, z, s, h):
     return z + h * f(z, s)
 

@@ -16,6 +16,8 @@ from ._embeddings import expression_features, table_features
 
 __all__ = [
     "backbone_name",
+    "check_trainable",
+    "dose_range",
     "build_flow_module",
     "check_model_inputs",
     "embedding_hint",
@@ -63,6 +65,36 @@ def check_model_inputs(adata, setup: SetupConfig, config: CellFlowConfig) -> Non
         )
     if config.batch_key is not None and config.batch_key not in adata.obs.columns:
         raise KeyError(f"batch_key={config.batch_key!r} is not a column of adata.obs.")
+
+
+def check_trainable(adata, setup: SetupConfig, config: CellFlowConfig, conditions) -> None:
+    """Refuse, before any training, data the model could only fail on after minutes of VAE training."""
+    if getattr(adata, "isbacked", False):
+        raise ValueError(
+            "adata is opened in backed mode; cellflow trains on data in memory for now. "
+            "Load it with adata = adata.to_memory() (or anndata.read_h5ad(path) without backed=)."
+        )
+    is_control = np.fromiter((c.is_control for c in conditions), dtype=bool, count=len(conditions))
+    if is_control.all():
+        raise ValueError(
+            f"adata holds only control cells ({setup.control!r}); the flow learns perturbations from perturbed "
+            "cells. Register data with perturbed cells too."
+        )
+    if config.source != "control" or not setup.covariate_keys:
+        return
+    contexts = adata.obs[list(setup.covariate_keys)].astype(str).agg(" | ".join, axis=1).to_numpy()
+    missing = sorted(set(contexts[~is_control]) - set(contexts[is_control]))
+    if missing:
+        raise ValueError(
+            f"No control cells in context(s) {missing[:10]} of {list(setup.covariate_keys)}; the flow starts "
+            "from the control cells of a perturbed cell's context. Drop those cells, or use source='noise'."
+        )
+
+
+def dose_range(conditions) -> tuple[float, float]:
+    """The smallest and largest dose of any perturbation in the training data (1 and 1 without doses)."""
+    doses = [d for c in conditions for d in c.doses if d != 0]
+    return (float(min(doses)), float(max(doses))) if doses else (1.0, 1.0)
 
 
 def token_vocabulary(adata, setup, config: CellFlowConfig, table: pd.DataFrame | None, conditions):

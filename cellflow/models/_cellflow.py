@@ -8,6 +8,8 @@ sets; the code itself checks inputs and delegates: the flow to :mod:`cellflow.fl
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,6 +39,8 @@ from ._build import (
     backbone_name,
     build_flow_module,
     check_model_inputs,
+    check_trainable,
+    dose_range,
     embedding_hint,
     time_scale,
     token_vocabulary,
@@ -44,6 +48,7 @@ from ._build import (
 from ._cells import EncodedCells, encode_cells, fit_vae
 from ._config import CellFlowConfig
 from ._persistence import load_model, save_model
+from ._stages import train_in_stages
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -175,6 +180,7 @@ class CellFlow:
         )
         check_model_inputs(adata, setup, config)
         conditions = setup_conditions(adata, setup)
+        check_trainable(adata, setup, config, conditions)
         categories = {k: sorted(map(str, pd.unique(adata.obs[k].astype(str)))) for k in setup.covariate_keys}
         tokens, features = token_vocabulary(adata, setup, config, table, conditions)
         codec = ConditionCodec(tokens, categories, embedding_hint=embedding_hint(config.token_embedding))
@@ -184,6 +190,7 @@ class CellFlow:
         module = build_flow_module(config, setup, len(codec.tokens), [len(v) for v in categories.values()], features)
         self._set_parts(config, setup, codec, module, genes=list(map(str, adata.var_names)))
         self.token_features_shape = None if features is None else list(np.shape(features))
+        self.dose_range = dose_range(conditions)
         self.adata, self._conditions = adata, conditions
 
     def _set_parts(self, config, setup, codec, module: FlowModule, *, genes) -> None:
@@ -209,6 +216,7 @@ class CellFlow:
         if setup != self.setup:  # the registration (keys, control, layer, ...), not the conditions present
             raise ValueError(f"adata is registered differently ({setup}) from the model's data ({self.setup}).")
         conditions = setup_conditions(adata, setup)
+        check_trainable(adata, setup, self.config, conditions)
         self.codec.check_tokens(conditions)
         self.adata, self._conditions, self._cells = adata, conditions, None
         return self
@@ -228,6 +236,7 @@ class CellFlow:
         flow_kwargs: dict | None = None,
         reflow_kwargs: dict | None = None,
         trainer_kwargs: dict | None = None,
+        checkpoint_dir: str | Path | None = None,
     ) -> CellFlow:
         """Train the VAE (scvi-tools), encode every cell once, train the flow (Lightning), then reflow it.
 
@@ -255,6 +264,12 @@ class CellFlow:
             dropout, early stopping, precision, ...) and :class:`~cellflow.train.ReflowConfig`.
         trainer_kwargs
             Extra arguments of Lightning's ``Trainer`` for the flow and reflow.
+        checkpoint_dir
+            A folder that keeps each finished stage and a checkpoint of the flow every 50
+            steps. A run stopped at any point (an error, Ctrl-C, a killed job) and started
+            again with the same folder, data and options resumes there and ends with the model
+            an uninterrupted run gives (bit for bit on the CPU; on a GPU, up to the
+            nondeterminism of its kernels). A folder of another run is refused.
 
         Returns
         -------
@@ -267,6 +282,11 @@ class CellFlow:
         self._require_data()
         check_validation_split(len({c for c in self._conditions if not c.is_control}), flow.validation_fraction)
         hardware = {"accelerator": accelerator, "devices": devices, "progress_bar": progress_bar}
+        if checkpoint_dir is not None:
+            train_in_stages(
+                self, Path(checkpoint_dir), vae, flow, again, hardware=hardware, trainer_kwargs=trainer_kwargs
+            )
+            return self
         self.train_vae(**vae.__dict__, **hardware)
         self.train_flow(**flow.__dict__, **hardware, trainer_kwargs=trainer_kwargs)
         if again.rounds:
@@ -310,6 +330,7 @@ class CellFlow:
         devices: int | str = "auto",
         progress_bar: bool = True,
         trainer_kwargs: dict | None = None,
+        checkpoint_dir: str | Path | None = None,
         **options,
     ) -> CellFlow:
         """Train the flow on the latents of the VAE (second half of :meth:`train`).
@@ -321,6 +342,9 @@ class CellFlow:
         ----------
         accelerator, devices, progress_bar, trainer_kwargs
             As in :meth:`train`.
+        checkpoint_dir
+            Keep a Lightning checkpoint of this stage there every 50 steps; a call that finds
+            one resumes from it (same options and data) to the result of a run never stopped.
         **options
             Options of :class:`~cellflow.train.FlowTrainingConfig` (``steps``, ``lr``,
             ``coupling``, ``condition_dropout``, ``validation_fraction``, ...).
@@ -329,14 +353,18 @@ class CellFlow:
         self._require_data()
         if self.vae is None:
             raise RuntimeError("Train the VAE first: model.train_vae() (or model.train() for both).")
-        cells, setup, cfg = self._encoded_cells(), self.setup, self.config
+        cells, cfg = self._encoded_cells(), self.config
         pl.seed_everything(cfg.seed, verbose=False)
         start = time.perf_counter()
         design = self._design()
-        missing = sorted(set(design.group_context.tolist()) - set(design.context[design.is_control].tolist()))
-        if cfg.source == "control" and missing:
-            names = [dict(zip(setup.covariate_keys, design.contexts[i])) for i in missing]
-            raise ValueError(f"No control cells in context(s) {names}; they are needed as the flow's source.")
+        hardware = {"accelerator": accelerator, "devices": devices, "progress_bar": progress_bar}
+        checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        with self._stage():
+            self._fit_flow(design, cells, config, hardware, trainer_kwargs, checkpoint_dir, start)
+        return self
+
+    def _fit_flow(self, design, cells, config, hardware, trainer_kwargs, checkpoint_dir, start) -> None:
+        setup, cfg = self.setup, self.config
         fit_latent_arithmetic(
             self.module,
             design,
@@ -361,10 +389,9 @@ class CellFlow:
             config,
             seed=cfg.seed,
             validation_groups=validation_groups,
-            accelerator=accelerator,
-            devices=devices,
-            progress_bar=progress_bar,
             trainer_kwargs=trainer_kwargs,
+            checkpoint_dir=checkpoint_dir,
+            **hardware,
         )
         self.flow_config = config
         for key in ("flow_best_step", "flow_best_val_loss", "validation_conditions", "reflow_seconds"):
@@ -380,7 +407,6 @@ class CellFlow:
                 "flow_best_step": fit["best_step"],
                 "flow_best_val_loss": fit["best_val_loss"],
             }
-        return self
 
     def reflow(
         self,
@@ -414,19 +440,21 @@ class CellFlow:
         self._require_data()
         flow_config = resolve_coupling(self.flow_config or FlowTrainingConfig(), self.module)
         start = time.perf_counter()
-        self.history["reflow_final_loss"] = reflow(
-            self.module,
-            self._design(),
-            self._encoded_cells().latent,
-            flow_config,
-            config,
-            steps=config.steps_after(flow_config.steps),
-            seed=self.config.seed,
-            accelerator=accelerator,
-            devices=devices,
-            progress_bar=progress_bar,
-            trainer_kwargs=trainer_kwargs,
-        )
+        with self._stage():
+            loss = reflow(
+                self.module,
+                self._design(),
+                self._encoded_cells().latent,
+                flow_config,
+                config,
+                steps=config.steps_after(flow_config.steps),
+                seed=self.config.seed,
+                accelerator=accelerator,
+                devices=devices,
+                progress_bar=progress_bar,
+                trainer_kwargs=trainer_kwargs,
+            )
+        self.history["reflow_final_loss"] = loss
         self.history["reflow_seconds"] = time.perf_counter() - start
         return self
 
@@ -490,6 +518,17 @@ class CellFlow:
         return self
 
     # ------------------------------------------------------------------ state
+    @contextmanager
+    def _stage(self) -> Iterator[None]:
+        """All or nothing: a training stage that does not finish (an error, Ctrl-C) leaves the model as it was."""
+        saved = (self.module.snapshot(), self.flow_config, dict(self.history))
+        try:
+            yield
+        except BaseException:
+            self.module.restore(saved[0])
+            self.flow_config, self.history = saved[1], saved[2]
+            raise
+
     @property
     def is_trained(self) -> bool:
         """Whether the VAE and the flow have been trained (or loaded)."""

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ..train import VAETrainingConfig
+from ..train._interrupt import interruptible
 from ..train._quiet import quiet_lightning
 from ..vae import LatentVAE, VAEConfig
 from ._config import CellFlowConfig
@@ -57,7 +58,7 @@ def fit_vae(
         n_layers=config.vae_layers,
         gene_likelihood=config.likelihood,
     )
-    with quiet_lightning():
+    with quiet_lightning(), interruptible():
         vae = LatentVAE.fit(
             expression(adata, setup),
             batch=batch,

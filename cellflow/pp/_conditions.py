@@ -10,7 +10,10 @@ reordered with them.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ def parse_condition(label: str, *, control: str, sep: str = "+", dose: str | flo
 
     Raises
     ------
+    TypeError
+        A label that is not a string, or a dose that is a bool.
     ValueError
         Empty labels or tokens, a token repeated within a label, or doses that do not
         match the tokens (wrong count, not a number, negative or not finite).
@@ -68,7 +73,9 @@ def parse_condition(label: str, *, control: str, sep: str = "+", dose: str | flo
     >>> parse_condition("B+A", control="ctrl", dose="0.5+1")
     Condition(tokens=('A', 'B'), doses=(1.0, 0.5))
     """
-    if not isinstance(label, str) or not label.strip():
+    if not isinstance(label, str):
+        raise TypeError(f"A perturbation label must be a string such as 'A' or 'A+B', got {label!r}.")
+    if not label.strip():
         raise ValueError(
             f"Empty perturbation label {label!r}: every cell needs a label (use {control!r} for controls)."
         )
@@ -93,7 +100,9 @@ def parse_condition(label: str, *, control: str, sep: str = "+", dose: str | flo
 def _parse_doses(dose: str | float | None, *, n_tokens: int, label: str, sep: str) -> list[float]:
     if dose is None:
         return [1.0] * n_tokens
-    if isinstance(dose, int | float):
+    if isinstance(dose, bool | np.bool_):
+        raise TypeError(f"Dose {dose!r} of perturbation {label!r} is a bool; give a number or a dose string.")
+    if isinstance(dose, numbers.Real):  # numpy numbers too: a number is every token's dose
         values = [float(dose)] * n_tokens
     else:
         parts = str(dose).strip().split(sep)

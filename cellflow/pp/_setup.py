@@ -18,6 +18,17 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("cellflow")
 
+MAX_COUNT = 1e9
+"""Largest value :func:`setup` (and :func:`cellflow.tl.encode`) accept in one entry of count data.
+
+Real UMI counts of one gene in one cell stay below about 1e6; anything above 1e9 is corrupted or
+mis-scaled data, and it breaks the samplers downstream (library sizes built from such entries
+overflow numpy's Poisson sampler when counts are generated). Counts up to 1e9 also keep every
+library size below 1e14 for any realistic number of genes.
+"""
+INTEGER_SAMPLE = 100_000
+"""Nonzero values :func:`check_expression` checks for integer-ness when asked for a sample (cheap on any size)."""
+
 
 @dataclass(frozen=True)
 class SetupConfig:
@@ -105,12 +116,17 @@ def setup(
 
     Raises
     ------
+    TypeError
+        ``adata`` that is not an AnnData, options of the wrong type (keys and labels must be
+        strings, ``counts`` a bool), and expression that is not numeric.
     KeyError
         A column or layer that does not exist.
     ValueError
-        Too few or no control cells, empty labels, doses that do not match their tokens,
-        missing covariate values, non-numeric time, duplicated gene names, and expression
-        values that are NaN, infinite, negative, or (with ``counts=True``) not integers.
+        An AnnData with no cells or no genes, too few or no control cells, empty labels (or labels
+        with NUL characters, which pandas cannot tell apart), doses
+        that do not match their tokens, missing covariate values, non-numeric time, duplicated
+        gene names, and expression values that are NaN, infinite, all zero, or (with
+        ``counts=True``) negative, not integers, or above :data:`MAX_COUNT` (``1e9``) in one entry.
 
     Examples
     --------
@@ -118,12 +134,27 @@ def setup(
     >>> adata = cf.datasets.simulate_perturbseq(n_cells=500, seed=0)
     >>> cf.pp.setup(adata, perturbation_key="perturbation", control="control", covariate_keys=["cell_type"])
     """
-    covariate_keys = (covariate_keys,) if isinstance(covariate_keys, str) else tuple(covariate_keys)
+    covariate_keys = _check_options(
+        adata,
+        perturbation_key=perturbation_key,
+        control=control,
+        covariate_keys=covariate_keys,
+        dose_key=dose_key,
+        time_key=time_key,
+        layer=layer,
+        combo_sep=combo_sep,
+        counts=counts,
+    )
     obs = adata.obs
     _check_columns(obs, perturbation_key, covariate_keys, dose_key, time_key)
     matrix = _get_matrix(adata, layer)
     _check_genes(adata)
-    _check_values(matrix, counts=counts, where=f"adata.layers[{layer!r}]" if layer else "adata.X")
+    where = f"adata.layers[{layer!r}]" if layer is not None else "adata.X"
+    if not check_expression(matrix, counts=counts, where=where):
+        raise ValueError(
+            f"{where} holds only zeros: there is no expression to model. Pass the layer that holds the "
+            "expression (layer=...)."
+        )
 
     conditions = parse_obs_conditions(
         obs, perturbation_key=perturbation_key, control=control, dose_key=dose_key, sep=combo_sep
@@ -143,6 +174,7 @@ def setup(
     for key in covariate_keys:
         if obs[key].isna().any():
             raise ValueError(f"adata.obs[{key!r}] has missing values; fill them or drop those cells before setup.")
+        _check_no_nul(obs[key].astype(str).to_numpy(), key)
     if time_key is not None:
         _check_time(obs[time_key], time_key)
 
@@ -154,7 +186,7 @@ def setup(
         time_key=time_key,
         layer=layer,
         combo_sep=combo_sep,
-        counts=counts,
+        counts=bool(counts),
         conditions=tuple(sorted({c.label(control, combo_sep) for c in conditions})),
         tokens=tuple(sorted({t for c in conditions for t in c.tokens})),
     )
@@ -183,17 +215,45 @@ def parse_obs_conditions(
         raise ValueError(
             f"adata.obs[{perturbation_key!r}] has missing labels; label every cell ({control!r} for controls)."
         )
+    if len(labels) == 0:
+        return []
     labels = labels.astype(str).to_numpy()
+    _check_no_nul(labels, perturbation_key)
     doses = obs[dose_key].astype(str).to_numpy() if dose_key is not None else np.full(len(labels), "", dtype=object)
     if dose_key is not None and obs[dose_key].isna().any():
         raise ValueError(f"adata.obs[{dose_key!r}] has missing doses; give every perturbed cell a dose.")
+    if dose_key is not None:
+        _check_no_nul(doses, dose_key)
     pairs = pd.MultiIndex.from_arrays([labels, doses])
     codes, uniques = pd.factorize(pairs)
     parsed = [
-        parse_condition(label, control=control, sep=sep, dose=(dose if dose_key is not None else None))
+        _parse_cell(label, dose, control=control, sep=sep, perturbation_key=perturbation_key, dose_key=dose_key)
         for label, dose in uniques
     ]
     return [parsed[i] for i in codes]
+
+
+def _check_no_nul(values: np.ndarray, key: str) -> None:
+    """Refuse NUL characters: pandas' string hashing stops at them, so it would take ``A<NUL>+`` for ``A<NUL>``."""
+    if "\x00" in "".join(values):  # one pass in C, fast for millions of cells
+        raise ValueError(
+            f"adata.obs[{key!r}] holds values with NUL characters ('\\x00'); remove them (e.g. "
+            f"adata.obs[{key!r}] = adata.obs[{key!r}].astype(str).str.replace('\\x00', ''))."
+        )
+
+
+def _parse_cell(label: str, dose: str, *, control: str, sep: str, perturbation_key: str, dose_key: str | None):
+    """Parse one (label, dose) pair; an error names the column of ``adata.obs`` that holds the culprit."""
+    try:
+        condition = parse_condition(label, control=control, sep=sep)
+    except ValueError as err:
+        raise ValueError(f"adata.obs[{perturbation_key!r}]: {err}") from None
+    if dose_key is None:
+        return condition
+    try:
+        return parse_condition(label, control=control, sep=sep, dose=dose)
+    except ValueError as err:
+        raise ValueError(f"adata.obs[{dose_key!r}]: {err}") from None
 
 
 def setup_conditions(adata: AnnData, setup: SetupConfig) -> list[Condition]:
@@ -205,6 +265,39 @@ def setup_conditions(adata: AnnData, setup: SetupConfig) -> list[Condition]:
         dose_key=setup.dose_key,
         sep=setup.combo_sep,
     )
+
+
+def _check_options(adata, *, perturbation_key, control, covariate_keys, dose_key, time_key, layer, combo_sep, counts):
+    """Types and shape of :func:`setup`'s arguments; returns ``covariate_keys`` as a tuple."""
+    from anndata import AnnData
+
+    if not isinstance(adata, AnnData):
+        raise TypeError(f"adata must be an AnnData (cells x genes), got {type(adata).__name__}.")
+    for name, value in (("perturbation_key", perturbation_key), ("control", control)):
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a string, got {value!r} ({type(value).__name__}).")
+    if not control.strip():
+        raise ValueError(f"control={control!r} is empty; pass the label your control cells carry.")
+    for name, value in (("dose_key", dose_key), ("time_key", time_key), ("layer", layer)):
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{name} must be a string or None, got {value!r} ({type(value).__name__}).")
+    if covariate_keys is None:
+        covariate_keys = ()
+    covariate_keys = (covariate_keys,) if isinstance(covariate_keys, str) else tuple(covariate_keys)
+    for key in covariate_keys:
+        if not isinstance(key, str):
+            raise TypeError(f"covariate_keys must be column names (strings), got {key!r} ({type(key).__name__}).")
+    if len(set(covariate_keys)) != len(covariate_keys):
+        raise ValueError(f"covariate_keys={list(covariate_keys)} names a column twice; give each column once.")
+    if not isinstance(combo_sep, str) or not combo_sep:
+        raise ValueError(f"combo_sep={combo_sep!r} must be a non-empty string, such as '+'.")
+    if not isinstance(counts, bool | np.bool_):
+        raise TypeError(f"counts must be True (raw counts) or False (normalised data), got {counts!r}.")
+    if adata.n_obs == 0:
+        raise ValueError("adata has 0 cells; setup needs the cells of a screen (control and perturbed cells).")
+    if adata.n_vars == 0:
+        raise ValueError("adata has 0 genes; setup needs the expression of the genes to model.")
+    return covariate_keys
 
 
 def _check_columns(obs: pd.DataFrame, perturbation_key: str, covariate_keys, dose_key, time_key) -> None:
@@ -233,29 +326,89 @@ def _check_genes(adata: AnnData) -> None:
         raise ValueError(f"Gene names are duplicated (e.g. {dup}); run adata.var_names_make_unique() first.")
 
 
-def _check_values(matrix, *, counts: bool, where: str) -> None:
-    """Check expression values chunk by chunk, so dense and backed data never get copied whole."""
+def check_expression(
+    matrix,
+    *,
+    counts: bool,
+    where: str,
+    columns: np.ndarray | None = None,
+    integer_sample: int | None = None,
+    model: bool = False,
+) -> bool:
+    """Check expression values chunk by chunk, so dense and backed data never get copied whole.
+
+    Parameters
+    ----------
+    matrix
+        Cells x genes (dense, sparse or backed).
+    counts
+        Raw counts are expected: negative, non-integer and values above :data:`MAX_COUNT` are refused.
+    where
+        How the user names the matrix (``"adata.X"``, ``"adata.layers['counts']"``), for the errors.
+    columns
+        Positions of the columns to check (default: all).
+    integer_sample
+        Check integer-ness on about this many nonzero values (spread over the rows) instead of all
+        of them, so the check stays cheap on large data.
+    model
+        The data are to be encoded by a trained model (:func:`cellflow.tl.encode`), not set up: only the
+        wording of the errors changes.
+
+    Returns
+    -------
+    Whether any checked value is nonzero.
+    """
     import scipy.sparse as sp
 
     if matrix is None:
         raise ValueError(f"{where} is empty (None); put the expression matrix there.")
-    n_rows = matrix.shape[0]
-    step = max(1, 2_000_000 // max(1, matrix.shape[1]))
+    dtype = np.dtype(getattr(matrix, "dtype", np.float64))
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        raise TypeError(
+            f"{where} has dtype {dtype}; expression must be integer or floating-point numbers. "
+            f"Convert it first, e.g. {where} = {where}.astype('float32')."
+        )
+    floating = np.issubdtype(dtype, np.floating)
+    before = "encoding" if model else "setup"
+    expected = "the model was set up with raw counts (counts=True)" if model else "counts=True expects raw counts"
+    other = "" if model else ", or counts=False with likelihood='normal' for normalised data"
+    n_rows, n_cols = matrix.shape
+    step = max(1, 2_000_000 // max(1, n_cols))
+    rng = np.random.default_rng(0)
+    nonzero = False
     for start in range(0, n_rows, step):
         chunk = matrix[start : start + step]
+        if columns is not None:
+            chunk = chunk[:, columns]
         values = chunk.data if sp.issparse(chunk) else np.asarray(chunk)
-        if not np.all(np.isfinite(values)):
-            raise ValueError(f"{where} contains NaN or infinite values; remove or impute them before setup.")
-        if counts and values.size and values.min() < 0:
+        if not values.size:
+            continue
+        if floating and not np.all(np.isfinite(values)):
+            raise ValueError(f"{where} contains NaN or infinite values; remove or impute them before {before}.")
+        if counts and values.min() < 0:
             raise ValueError(
-                f"{where} contains negative values but counts=True. Pass the raw counts (e.g. layer='counts'), "
-                "or counts=False for log-normalised data."
+                f"{where} contains negative values but {expected}. Pass the raw counts (e.g. layer='counts'){other}."
             )
-        if counts and not np.array_equal(values, np.round(values)):
+        if counts and (high := values.max()) > MAX_COUNT:
             raise ValueError(
-                f"{where} holds non-integer values but counts=True expects raw counts. Pass the raw counts "
-                "(e.g. layer='counts'), or counts=False with likelihood='normal' for normalised data."
+                f"{where} holds a count of {high:.10g}, above the largest cellflow accepts ({MAX_COUNT:.0e} "
+                "per entry); no real count is this large. Check the data (corrupted or mis-scaled values)."
             )
+        if counts and floating:
+            sample = values
+            if integer_sample is not None:
+                sample = values[values != 0]
+                quota = -(-integer_sample * chunk.shape[0] // n_rows)  # this chunk's share, rounded up
+                if sample.size > quota:
+                    sample = sample[rng.integers(0, sample.size, quota)]
+            fractional = sample[sample != np.round(sample)]
+            if fractional.size:
+                raise ValueError(
+                    f"{where} holds non-integer values (e.g. {fractional[0]:.4g}) but {expected}. Pass the raw "
+                    f"counts (e.g. layer='counts'){other}."
+                )
+        nonzero = nonzero or bool(np.any(values != 0))
+    return nonzero
 
 
 def _check_time(column: pd.Series, time_key: str) -> None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning.pytorch as pl
 import torch
 
 from ._groups import GroupIndex
+from ._interrupt import interruptible
 from ._plan import FlowTrainingPlan, GroupBatches
 from ._quiet import quiet_lightning
+from ._resume import checkpoint_callbacks, resume_step
 from ._validation import VALIDATION_SEED_OFFSET, BestWeights, fixed_validation_batches
 
 
@@ -21,6 +25,7 @@ def fit_flow_plan(
     devices: int | str = "auto",
     progress_bar: bool = True,
     trainer_kwargs: dict | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> dict:
     """Train ``plan`` for up to ``plan.config.steps`` minibatches drawn from ``index``.
 
@@ -29,6 +34,9 @@ def fit_flow_plan(
     computed, training stops after ``config.patience`` checks without improvement, and the
     weights of the best check are restored. The flow module is moved back to the CPU and set
     to evaluation mode afterwards, also when training is interrupted.
+
+    With ``checkpoint_dir``, Lightning keeps a checkpoint there every few steps, and a fit that
+    finds one resumes from it to the same result as a run never stopped (on the CPU).
 
     Returns
     -------
@@ -47,10 +55,15 @@ def fit_flow_plan(
         best = BestWeights()
         callbacks = [pl.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, mode="min"), best]
         options = {"val_check_interval": config.validation_every, "check_val_every_n_epoch": None}
-    loader = torch.utils.data.DataLoader(GroupBatches(index, groups, config, seed), batch_size=None)
+    resume_from, done = resume_step(checkpoint_dir)
+    if checkpoint_dir is not None:
+        callbacks = callbacks + checkpoint_callbacks(checkpoint_dir)
+    loader = torch.utils.data.DataLoader(GroupBatches(index, groups, config, seed, skip=done), batch_size=None)
+    extra = dict(trainer_kwargs or {})
+    callbacks = callbacks + list(extra.pop("callbacks", []))  # the caller's callbacks run next to ours
     plan.train()  # a second fit (train_flow again, reflow) starts from networks left in evaluation mode
     try:
-        with quiet_lightning():
+        with quiet_lightning(), interruptible():
             trainer = pl.Trainer(
                 **{
                     "max_steps": config.steps,
@@ -58,7 +71,7 @@ def fit_flow_plan(
                     "devices": devices if accelerator != "cpu" else 1,
                     "precision": config.precision,
                     "logger": False,
-                    "enable_checkpointing": False,
+                    "enable_checkpointing": checkpoint_dir is not None,
                     "enable_model_summary": False,
                     "enable_progress_bar": progress_bar,
                     "log_every_n_steps": 50,
@@ -66,13 +79,15 @@ def fit_flow_plan(
                     "limit_val_batches": None if validate else 0,
                     "callbacks": callbacks,
                     **options,
-                    **(trainer_kwargs or {}),
+                    **extra,
                 }
             )
             trainer.fit(
                 plan,
                 train_dataloaders=loader,
                 val_dataloaders=torch.utils.data.DataLoader(val_batches, batch_size=None) if validate else None,
+                ckpt_path=resume_from,
+                weights_only=True,
             )
     finally:
         plan.flow.cpu().eval()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -119,7 +121,9 @@ def training_plan(
     partners = None
     if config.coupling == "ot":
         partners = index.population_partners(latent, group_shift, seed=seed)
-    plan = FlowTrainingPlan(module, design.table, latent, config, group_shift=group_shift, source_partner=partners)
+    plan = FlowTrainingPlan(
+        module, design.table, latent, config, group_shift=group_shift, source_partner=partners, seed=seed
+    )
     return plan, index
 
 
@@ -160,6 +164,7 @@ def train_flow(
     devices: int | str = "auto",
     progress_bar: bool = True,
     trainer_kwargs: dict | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> dict:
     """Train the module's flow on the training cells (from its current weights).
 
@@ -182,6 +187,7 @@ def train_flow(
         devices=devices,
         progress_bar=progress_bar,
         trainer_kwargs=trainer_kwargs,
+        checkpoint_dir=checkpoint_dir,
     )
     module.sampling = SamplingInfo(null_condition=config.condition_dropout > 0)
     return fit
@@ -285,10 +291,9 @@ def reflow(
         round_config = flow_config.replace(
             steps=steps, lr=config.lr, distill_steps=config.distill_steps if last else None
         )
-        plan = FlowTrainingPlan(module, design.table, z1, round_config, pair_source=z0)
+        plan = FlowTrainingPlan(module, design.table, z1, round_config, pair_source=z0, seed=seed + 1 + round_)
         # The weights change from here on: say so even if the round is interrupted.
-        module.sampling.reflow_rounds = rounds_done + round_ + 1
-        module.sampling.distill_steps = 0
+        module.sampling = replace(module.sampling, reflow_rounds=rounds_done + round_ + 1, distill_steps=0)
         loss = fit_flow_plan(
             plan,
             pair_index,
@@ -298,5 +303,5 @@ def reflow(
             progress_bar=progress_bar,
             trainer_kwargs=trainer_kwargs,
         )["final_loss"]
-    module.sampling.distill_steps = config.distill_steps or 0
+    module.sampling = replace(module.sampling, distill_steps=config.distill_steps or 0)
     return loss

@@ -10,21 +10,30 @@ from ..flow import ConditionBatch, FlowModule, chain_states, ot_pairing_grouped,
 from ..nn import EncodedCondition
 from ._config import FlowTrainingConfig
 from ._groups import GroupIndex
+from ._validation import VALIDATION_SEED_OFFSET
+
+TRAINING_DRAWS_OFFSET = 104729  # the plan's stream: training seed + this, apart from the minibatch stream
 
 
 class GroupBatches(IterableDataset):
     """An endless stream of minibatches: groups drawn uniformly, cells drawn within them."""
 
-    def __init__(self, index: GroupIndex, groups: torch.Tensor, config: FlowTrainingConfig, seed: int) -> None:
+    def __init__(
+        self, index: GroupIndex, groups: torch.Tensor, config: FlowTrainingConfig, seed: int, skip: int = 0
+    ) -> None:
         super().__init__()
-        self.index, self.groups, self.config, self.seed = index, groups, config, seed
+        self.index, self.groups, self.config, self.seed, self.skip = index, groups, config, seed, skip
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed)
         n = min(self.config.groups_per_batch, len(self.groups))
+        drawn = 0
         while True:
             picked = self.groups[torch.randperm(len(self.groups), generator=generator)[:n]]
-            yield self.index.sample(picked, self.config.cells_per_group, generator)
+            batch = self.index.sample(picked, self.config.cells_per_group, generator)
+            drawn += 1
+            if drawn > self.skip:  # a resumed run replays the batches it has trained on already
+                yield batch
 
 
 class FlowTrainingPlan(pl.LightningModule):
@@ -54,6 +63,11 @@ class FlowTrainingPlan(pl.LightningModule):
     pair_source
         ``(P, D)`` (``(P, T, D)``) fixed sources of the pairs whose end points are ``latent``
         (reflow): rows are then neither re-paired nor shifted.
+    seed
+        Seed of the plan's own random stream (flow times, condition dropout, noise sources,
+        random pairs). It is kept apart from torch's global stream, which Lightning and data
+        loaders also draw from, and saved with every checkpoint, so that a resumed run draws
+        exactly what an uninterrupted one does.
     """
 
     def __init__(
@@ -66,9 +80,12 @@ class FlowTrainingPlan(pl.LightningModule):
         group_shift: torch.Tensor | None = None,
         source_partner: torch.Tensor | None = None,
         pair_source: torch.Tensor | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.flow, self.config = module, config
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed + TRAINING_DRAWS_OFFSET)
         for name, value in groups.tensors().items():
             self.register_buffer(f"group_{name}", value, persistent=False)
         self.register_buffer("latent", latent, persistent=False)
@@ -87,10 +104,14 @@ class FlowTrainingPlan(pl.LightningModule):
             self.group_context[rows],
         )
 
-    def encode_groups(self, batch_group: torch.Tensor, dropout: float = 0.0) -> EncodedCondition:
+    def encode_groups(
+        self, batch_group: torch.Tensor, dropout: float = 0.0, generator: torch.Generator | None = None
+    ) -> EncodedCondition:
         """Encoded condition of every row: each distinct group encoded once (nulled with ``dropout``), then expanded."""
         unique, inverse = torch.unique(batch_group, return_inverse=True)
-        drop = torch.rand(len(unique), device=batch_group.device) < dropout if dropout > 0 else None
+        drop = None
+        if dropout > 0:
+            drop = (torch.rand(len(unique), generator=generator or self.generator) < dropout).to(batch_group.device)
         cond = self.flow.condition(self.groups(unique), drop=drop)
         return EncodedCondition(cond.vector[inverse], cond.tokens[inverse], cond.mask[inverse])
 
@@ -111,12 +132,15 @@ class FlowTrainingPlan(pl.LightningModule):
         over_time = self.flow.over_time
         if self.flow.source == "noise":
             shape = (*source.shape, self.latent.shape[-1]) if over_time else (source.shape[0], self.latent.shape[-1])
-            return self.flow.noise(shape, generator, like=self.latent)
+            return self.flow.noise(shape, generator or self.generator, like=self.latent)
         z0 = self._states(self.latent, source)
         return chain_states(z0, cells_per_group or self.config.cells_per_group) if over_time else z0
 
-    def pairs(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(z0, z1, batch_group)`` of a minibatch of :class:`GroupBatches`: sources paired with relative targets."""
+    def pairs(self, batch, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(z0, z1, batch_group)`` of a minibatch of :class:`GroupBatches`: sources paired with relative targets.
+
+        Random draws (noise sources, random pairs) come from ``generator``, by default the plan's stream.
+        """
         target, source, batch_group = batch
         if self.pair_source is not None:  # reflow: the pairs are fixed by the previous flow
             return self._states(self.pair_source, target), self._states(self.latent, target), batch_group
@@ -126,13 +150,14 @@ class FlowTrainingPlan(pl.LightningModule):
         z1 = self.flow.relative(z1, None if self.group_shift is None else self.group_shift[batch_group])
         if self.source_partner is not None:  # population OT: the same partner at every step
             return self.latent[self.source_partner[target[:, 0]]], z1, batch_group
-        z0 = self.source_states(source)
-        pairing = random_pairing if self.config.coupling == "random" else ot_pairing_grouped
-        return z0[pairing(z0, z1, batch_group)], z1, batch_group
+        z0 = self.source_states(source, generator)
+        if self.config.coupling == "random":
+            return z0[random_pairing(z0, z1, batch_group, generator=generator or self.generator)], z1, batch_group
+        return z0[ot_pairing_grouped(z0, z1, batch_group)], z1, batch_group
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:  # noqa: D102
         z0, z1, batch_group = self.pairs(batch)
-        s = sample_flow_time(z1.shape[0], device=z1.device)
+        s = sample_flow_time(z1.shape[0], generator=self.generator).to(z1.device)
         if self.config.distill_steps:
             # Distillation to k Euler steps: the velocity only has to be right on their grid.
             k = self.config.distill_steps
@@ -145,13 +170,20 @@ class FlowTrainingPlan(pl.LightningModule):
     def validation_loss(self, batch) -> torch.Tensor:
         """Loss on a fixed minibatch of validation conditions, ``(target, source, batch_group, s)``."""
         *cells, s = batch
-        z0, z1, batch_group = self.pairs(tuple(cells))
+        fixed = torch.Generator().manual_seed(self.seed + VALIDATION_SEED_OFFSET)  # the same draws at every check
+        z0, z1, batch_group = self.pairs(tuple(cells), fixed)
         return self.flow.loss(z0, z1, s.to(z1.device), self.encode_groups(batch_group))
 
     def validation_step(self, batch, batch_idx: int) -> torch.Tensor:  # noqa: D102
         loss = self.validation_loss(batch)
         self.log("val_loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(batch[2]))
         return loss
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:  # noqa: D102
+        checkpoint["cellflow_generator"] = self.generator.get_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:  # noqa: D102
+        self.generator.set_state(checkpoint["cellflow_generator"])
 
     def configure_optimizers(self):  # noqa: D102
         cfg = self.config

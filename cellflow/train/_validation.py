@@ -93,6 +93,12 @@ class BestWeights(pl.Callback):
             self.best_loss, self.best_step = float(loss), trainer.global_step
             self._state = copy.deepcopy(pl_module.state_dict())
 
+    def state_dict(self) -> dict:  # noqa: D102 - kept in checkpoints, so a resumed run knows its best check
+        return {"best_loss": self.best_loss, "best_step": self.best_step, "state": self._state}
+
+    def load_state_dict(self, state_dict: dict) -> None:  # noqa: D102
+        self.best_loss, self.best_step, self._state = (state_dict[k] for k in ("best_loss", "best_step", "state"))
+
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:  # noqa: D102
         if self._state is not None:
             pl_module.load_state_dict(self._state)

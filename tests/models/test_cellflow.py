@@ -76,10 +76,11 @@ def test_checkpoint_is_safetensors_and_json(trained, tmp_path):
     from safetensors.torch import load_file
 
     trained.save(tmp_path / "m")
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "weights.safetensors"]
     meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    weights = meta["weights"]["file"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", weights]
     assert meta["format"] == "cellflow" and meta["model"]["backbone"] == "mlp"
-    assert any(k.startswith("vae.") for k in load_file(str(tmp_path / "m" / "weights.safetensors")))
+    assert any(k.startswith("vae.") for k in load_file(str(tmp_path / "m" / weights)))
 
 
 def test_model_does_not_mutate_user_data(screen):

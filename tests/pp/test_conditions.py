@@ -59,3 +59,17 @@ def test_custom_separator():
 def test_bad_labels_and_doses(label, dose, message):
     with pytest.raises(ValueError, match=message):
         parse_condition(label, control="ctrl", dose=dose)
+
+
+def test_label_must_be_a_string_and_dose_not_a_bool():
+    with pytest.raises(TypeError, match="must be a string"):
+        parse_condition(3, control="ctrl")
+    with pytest.raises(TypeError, match="is a bool"):
+        parse_condition("A", control="ctrl", dose=True)
+
+
+def test_numpy_number_dose_applies_to_every_token():
+    import numpy as np
+
+    assert parse_condition("B+A", control="ctrl", dose=np.float32(0.5)).doses == (0.5, 0.5)
+    assert parse_condition("B+A", control="ctrl", dose=np.int64(2)).doses == (2.0, 2.0)
