@@ -160,7 +160,7 @@ class FlowModule(nn.Module):
             self.load_state_dict(snapshot["weights"])
         self.shifts, self.sampling = snapshot["shifts"], snapshot["sampling"]
         self.reference = None
-        self.times = torch.zeros(0)
+        self.times = torch.zeros(0, device=self.times.device)
         if snapshot["reference"] is not None:
             self.set_reference(snapshot["reference"])
         self.eval()
@@ -169,7 +169,7 @@ class FlowModule(nn.Module):
         """Keep the training control cells (the sources of generation) and the time points they define."""
         self.reference = reference
         points = np.asarray(reference.time_points, dtype=np.float32)
-        self.times = torch.as_tensor(points) * (self.time_scale / 1000.0)
+        self.times = torch.as_tensor(points, device=self.times.device) * (self.time_scale / 1000.0)
 
     # ------------------------------------------------------------------ the velocity field
     def condition(self, conditions: ConditionBatch, drop: torch.Tensor | None = None) -> EncodedCondition:
@@ -296,6 +296,8 @@ class FlowModule(nn.Module):
         z0, log_library, batch = self.reference.sample(context, n, generator, over_time=self.over_time)
         if self.source == "noise":
             z0 = self.noise(z0.shape, generator)
+        device = self.times.device  # draws on the CPU (the same cells on any device), the flow where the module is
+        z0, condition = z0.to(device), condition.to(device)
         cond = self.condition(condition)
         null = self.null_condition(condition) if guidance != 1.0 else None
         if self.over_time or not self.backbone.broadcasts_condition:  # one row of the condition per source
@@ -305,7 +307,7 @@ class FlowModule(nn.Module):
         shift = self.shift(condition)
         if shift is not None:  # back from the flow's coordinates
             z1 = z1 + shift
-        return z1, log_library, batch, nfe
+        return z1.cpu(), log_library, batch, nfe
 
 
 def _repeat_rows(cond: EncodedCondition, n: int) -> EncodedCondition:

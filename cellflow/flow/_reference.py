@@ -9,6 +9,8 @@ import torch
 
 from ._trajectories import chain_trajectories
 
+CHAIN_BLOCK = 1024  # trajectories linked by one exact assignment (as training chains its minibatches)
+
 
 @dataclass
 class ControlReference:
@@ -112,6 +114,9 @@ class ControlReference:
                 raise ValueError(f"No control cells in context {self.contexts[context]} at time {t:g}.")
             picks.append(pool[torch.randint(len(pool), (n,), generator=generator)])
         pick = torch.stack(picks, dim=1)  # (n, T), not yet linked
-        order = chain_trajectories(self.latent[pick][None])[0]  # (n, T)
-        pick = pick.gather(0, order)
+        # Linked in blocks: one exact assignment over all n cells would cost O(n^3) time and n^2 memory.
+        linked = []
+        for block in torch.split(pick, CHAIN_BLOCK):
+            linked.append(block.gather(0, chain_trajectories(self.latent[block][None])[0]))
+        pick = torch.cat(linked)
         return self.latent[pick], self.log_library[pick], self.batch[pick]

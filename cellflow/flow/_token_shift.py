@@ -1,12 +1,12 @@
-"""Additive latent shifts of single perturbations: where the flow's source cells start.
+"""Token shifts: scGen-style latent arithmetic, the coordinates the flow runs relative to.
 
-With ``source_shift="additive"`` the flow does not start from control cells but from
-control cells moved by the sum of their tokens' mean latent shifts (scGen-style latent
-arithmetic, Lotfollahi et al. 2019). The flow then learns only what arithmetic misses
-(interactions between tokens, changes of shape and spread), which is small and
-generalises to unseen combinations of seen tokens. A token never measured alone takes its
-shift from combinations with tokens that were (``shift(A+B) - shift(B)``); one that is in no
-such combination shifts nothing, and the flow learns its whole effect as before.
+A condition's shift is the dose-weighted sum of its tokens' mean latent shifts (Lotfollahi et
+al. 2019), or, with ``mode="measured"``, a measured condition's own mean shift. The flow module
+subtracts it from the training targets and adds it back after the ODE, so the velocity field
+learns only what arithmetic misses (interactions between tokens, changes of shape and spread),
+which is small and generalises to unseen combinations of seen tokens. A token never measured
+alone takes its shift from combinations with tokens that were (``shift(A+B) - shift(B)``); one
+in no such combination shifts nothing, and the flow learns its whole effect.
 """
 
 from __future__ import annotations
@@ -174,20 +174,23 @@ class TokenShifts:
         order = torch.argsort(torch.where(ids < 0, torch.full_like(ids, 2**62), ids), dim=1, stable=True)
         ids, dose = ids.gather(1, order), dose.gather(1, order)
         # A query with more tokens than any measured condition matches none of them.
-        extra = (ids[:, width:] >= 0).any(dim=1) if k > width else torch.zeros(batch, dtype=torch.bool)
+        device = token_ids.device
+        extra = (ids[:, width:] >= 0).any(dim=1) if k > width else torch.zeros(batch, dtype=torch.bool, device=device)
         if k > width:
             ids, dose = ids[:, :width], dose[:, :width]
         else:
             ids = torch.cat([ids, ids.new_full((batch, width - k), -1)], dim=1)
             dose = torch.cat([dose, dose.new_zeros((batch, width - k))], dim=1)
+        measured = [t.to(device) for t in (self.condition_ids, self.condition_doses, self.condition_context)]
         equal = (
-            (ids[:, None] == self.condition_ids[None]).all(-1)
-            & torch.isclose(dose[:, None], self.condition_doses[None]).all(-1)
-            & (context[:, None] == self.condition_context[None])
+            (ids[:, None] == measured[0][None]).all(-1)
+            & torch.isclose(dose[:, None], measured[1][None]).all(-1)
+            & (context[:, None] == measured[2][None])
             & ~extra[:, None]
         )  # (B, M)
         hit = equal.any(dim=1)
-        return torch.where(hit, equal.float().argmax(dim=1), torch.full((batch,), -1, dtype=torch.long))
+        missing = torch.full((batch,), -1, dtype=torch.long, device=device)
+        return torch.where(hit, equal.float().argmax(dim=1), missing)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The tensors to save."""

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from ..backbones import get_backbone
-from ..flow import FlowModule
+from ..flow import FlowModule, SamplingInfo
 from ..pp._codec import ConditionCodec
 from ..pp._setup import get_setup, setup_conditions
 from ..train import (
@@ -86,9 +86,9 @@ class CellFlow:
     source
         ``"control"`` (control cells of the same context) or ``"noise"``.
     source_shift
-        Where the flow starts, relative to latent arithmetic (scGen-style mean shifts in the
-        VAE latent; the flow runs in coordinates relative to the shift and the shift is added
-        back after it). ``"measured"`` (default with ``source="control"``): a condition
+        The latent arithmetic the flow runs relative to (scGen-style mean shifts in the VAE
+        latent: the flow's targets are the cells minus their condition's shift, and generation
+        adds the shift back after the ODE). ``"measured"`` (default with ``source="control"``): a condition
         measured in training is shifted by its own mean latent shift, any other by the sum of
         its tokens' shifts measured on single perturbations; the flow learns the change of
         shape, and the mean of an unseen combination is latent arithmetic. ``"additive"``:
@@ -282,16 +282,8 @@ class CellFlow:
         self._require_data()
         check_validation_split(len({c for c in self._conditions if not c.is_control}), flow.validation_fraction)
         hardware = {"accelerator": accelerator, "devices": devices, "progress_bar": progress_bar}
-        if checkpoint_dir is not None:
-            train_in_stages(
-                self, Path(checkpoint_dir), vae, flow, again, hardware=hardware, trainer_kwargs=trainer_kwargs
-            )
-            return self
-        self.train_vae(**vae.__dict__, **hardware)
-        self.train_flow(**flow.__dict__, **hardware, trainer_kwargs=trainer_kwargs)
-        if again.rounds:
-            steps = again.steps_after(flow.steps)
-            self.reflow(**{**again.__dict__, "steps": steps}, **hardware, trainer_kwargs=trainer_kwargs)
+        folder = None if checkpoint_dir is None else Path(checkpoint_dir)
+        train_in_stages(self, folder, vae, flow, again, hardware=hardware, trainer_kwargs=trainer_kwargs)
         return self
 
     def train_vae(
@@ -309,17 +301,18 @@ class CellFlow:
         config = VAETrainingConfig.from_kwargs(options)
         adata = self._require_data()
         start = time.perf_counter()
-        self.vae, self.batch_categories = fit_vae(
-            adata,
-            self.setup,
-            self.config,
-            config,
-            accelerator=accelerator,
-            devices=devices,
-            progress_bar=progress_bar,
-        )
-        self._cells = None
-        self._encoded_cells()
+        with self._stage():
+            vae, categories = fit_vae(
+                adata,
+                self.setup,
+                self.config,
+                config,
+                accelerator=accelerator,
+                devices=devices,
+                progress_bar=progress_bar,
+            )
+            self._use_latent_space(vae, categories)
+            self._encoded_cells()
         self.history["vae_seconds"] = time.perf_counter() - start
         return self
 
@@ -394,7 +387,13 @@ class CellFlow:
             **hardware,
         )
         self.flow_config = config
-        for key in ("flow_best_step", "flow_best_val_loss", "validation_conditions", "reflow_seconds"):
+        for key in (
+            "flow_best_step",
+            "flow_best_val_loss",
+            "validation_conditions",
+            "reflow_seconds",
+            "reflow_final_loss",
+        ):
             self.history.pop(key, None)  # left by an earlier run
         self.history |= {
             "flow_seconds": time.perf_counter() - start,
@@ -512,8 +511,7 @@ class CellFlow:
                 f"use_vae needs the same latent_dim and batch_key; got {self.config.latent_dim}, "
                 f"{self.config.batch_key!r} here and {other.config.latent_dim}, {other.config.batch_key!r} there."
             )
-        self.vae, self.batch_categories = other.vae, list(other.batch_categories)
-        self._cells = other._encoded_cells()
+        self._use_latent_space(other.vae, other.batch_categories, other._encoded_cells())
         self.history["vae_seconds"] = other.history.get("vae_seconds", float("nan"))
         return self
 
@@ -522,12 +520,22 @@ class CellFlow:
     def _stage(self) -> Iterator[None]:
         """All or nothing: a training stage that does not finish (an error, Ctrl-C) leaves the model as it was."""
         saved = (self.module.snapshot(), self.flow_config, dict(self.history))
+        latent_space = (self.vae, list(self.batch_categories), self._cells)
         try:
             yield
         except BaseException:
             self.module.restore(saved[0])
             self.flow_config, self.history = saved[1], saved[2]
+            self.vae, self.batch_categories, self._cells = latent_space
             raise
+
+    def _use_latent_space(self, vae, batch_categories, cells: EncodedCells | None = None) -> None:
+        """Take a (new) VAE; a flow trained in another latent space no longer applies, so it is marked untrained."""
+        if vae is not self.vae and self.module.reference is not None:
+            snapshot = self.module.snapshot()
+            self.module.restore({**snapshot, "shifts": None, "reference": None, "sampling": SamplingInfo()})
+            self.flow_config = None
+        self.vae, self.batch_categories, self._cells = vae, list(batch_categories), cells
 
     @property
     def is_trained(self) -> bool:
@@ -562,8 +570,15 @@ class CellFlow:
         return self._cells
 
     def _design(self):
+        # A trained model's shifts and control reference are indexed by its own context codes.
+        reference = self.module.reference
         return build_training_design(
-            self.adata, self.setup, self.codec, self._conditions, over_time=self.module.over_time
+            self.adata,
+            self.setup,
+            self.codec,
+            self._conditions,
+            over_time=self.module.over_time,
+            contexts=None if reference is None else reference.contexts,
         )
 
     # ------------------------------------------------------------------ checkpoints

@@ -14,7 +14,8 @@ A checkpoint cannot silently disagree with itself:
   the SHA-256 of everything in ``config.json`` that the weights are only meaningful with
   (genes, tokens, contexts, architecture, ...): editing either side, or pairing files of two
   saves, is refused on load;
-- ``config.json`` is checked key by key: missing, unknown or mistyped keys are named.
+- ``config.json`` is checked key by key: missing, unknown or mistyped keys are named. Only the
+  training log (``history``) and the version that wrote it are not bound to the weights.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import uuid
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -39,6 +41,7 @@ from ._config import CellFlowConfig
 
 FORMAT_VERSION = 3
 CONFIG_FILE = "config.json"
+_WEIGHTS_NAME = re.compile(r"weights-[0-9a-f]{16}\.safetensors")
 _PARTS = ("vae", "encoder", "backbone", "reference", "shift")
 # config.json: key -> type of its value (None allowed where the tuple holds type(None)).
 _SCHEMA = {
@@ -62,6 +65,7 @@ _SCHEMA = {
 }
 # What the weights mean nothing without; its hash is stored inside the weights file.
 _BOUND_TO_WEIGHTS = (
+    "flow_training",
     "model",
     "setup",
     "vae",
@@ -93,20 +97,20 @@ def save_model(model, path: Path, *, overwrite: bool = False) -> None:
     tmp = path / f".weights-{uuid.uuid4().hex}.tmp"
     try:
         save_file(_tensors(model), str(tmp), metadata={"cellflow_config_sha256": _bound_hash(meta)})
-        _fsync(tmp)
-        digest, size = _sha256(tmp), tmp.stat().st_size
+        fsync(tmp)
+        digest, size = sha256(tmp), tmp.stat().st_size
         weights = path / f"weights-{digest[:16]}.safetensors"
         os.replace(tmp, weights)
-        meta["weights"] = {"file": weights.name, "sha256": digest, "bytes": size}
-        config_tmp = path / f".{CONFIG_FILE}.{uuid.uuid4().hex}.tmp"
-        config_tmp.write_text(json.dumps(meta, indent=1))
-        _fsync(config_tmp)
-        os.replace(config_tmp, path / CONFIG_FILE)  # the commit: before it the old model, after it the new one
     finally:
-        for leftover in path.glob(".*.tmp"):
-            leftover.unlink(missing_ok=True)
-    for old in path.glob("weights-*.safetensors"):  # weights of earlier saves, no longer referenced
-        if old.name != weights.name:
+        tmp.unlink(missing_ok=True)
+    meta["weights"] = {"file": weights.name, "sha256": digest, "bytes": size}
+    _fsync_folder(path)  # the new weights' name is on disk before config.json points to it
+    write_atomically(path / CONFIG_FILE, json.dumps(meta, indent=1).encode())  # the commit
+    _fsync_folder(path)
+    # Weights of earlier saves are unreferenced now; read config.json again: a concurrent save may have won.
+    referenced = json.loads((path / CONFIG_FILE).read_text()).get("weights", {}).get("file")
+    for old in path.glob("weights-*.safetensors"):
+        if old.name not in (referenced, weights.name):
             old.unlink(missing_ok=True)
 
 
@@ -218,12 +222,12 @@ def _read_weights(path: Path, meta: dict) -> dict:
     from safetensors import SafetensorError, safe_open
 
     entry = meta["weights"]
-    if set(entry) != {"file", "sha256", "bytes"} or "/" in str(entry.get("file")):
-        raise CheckpointError(f"{path / CONFIG_FILE}: 'weights' must name the file, its sha256 and size.")
+    if set(entry) != {"file", "sha256", "bytes"} or not _WEIGHTS_NAME.fullmatch(str(entry["file"])):
+        raise CheckpointError(f"{path / CONFIG_FILE}: 'weights' must name the weights file, its sha256 and size.")
     weights = path / entry["file"]
     if not weights.exists():
         raise CheckpointError(f"{path}: the weights file {entry['file']} named in {CONFIG_FILE} is missing.")
-    if weights.stat().st_size != entry["bytes"] or _sha256(weights) != entry["sha256"]:
+    if weights.stat().st_size != entry["bytes"] or sha256(weights) != entry["sha256"]:
         raise CheckpointError(
             f"{weights} is not the file {CONFIG_FILE} was saved with (truncated, changed or replaced); "
             "the checkpoint is damaged: save the model again."
@@ -257,7 +261,8 @@ def _check_sizes(meta: dict, vae: VAEConfig, path: Path) -> None:
         raise CheckpointError(f"{path}: {len(meta['genes'])} genes listed for a VAE of {vae.n_input} (or duplicated).")
 
 
-def _sha256(file: Path) -> str:
+def sha256(file: Path) -> str:
+    """SHA-256 of a file, read in blocks."""
     digest = hashlib.sha256()
     with open(file, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -265,6 +270,34 @@ def _sha256(file: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync(file: Path) -> None:
+def fsync(file: Path) -> None:
+    """Flush a file to the disk."""
     with open(file, "rb") as handle:
         os.fsync(handle.fileno())
+
+
+def _fsync_folder(path: Path) -> None:
+    """Flush a folder's entries (renames) to the disk, where the platform allows it."""
+    try:
+        handle = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file renamed into place (readers see old or new, never half)."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

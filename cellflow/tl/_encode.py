@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 
 from .._constants import LATENT_KEY
+from ..models._cellflow import CellFlow
 from ..pp._setup import INTEGER_SAMPLE, check_expression
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
-    from ..models._cellflow import CellFlow
 
 logger = logging.getLogger("cellflow")
 
@@ -91,8 +91,6 @@ def encode(
 
 def _check_arguments(model, adata, *, layer, key_added, copy) -> None:
     from anndata import AnnData
-
-    from ..models._cellflow import CellFlow
 
     if not isinstance(model, CellFlow):
         raise TypeError(f"model must be a trained cf.CellFlow, got {type(model).__name__}.")

@@ -14,6 +14,7 @@ import torch
 
 from .._constants import LATENT_KEY, SOLVER_METHODS
 from ..flow import ConditionBatch
+from ..models._cellflow import CellFlow
 from ..pp._conditions import parse_condition
 
 MAX_ENTRIES = 2_000_000_000
@@ -26,8 +27,6 @@ needs 64-bit indices that many downstream tools do not read. Generate larger set
 
 if TYPE_CHECKING:
     from anndata import AnnData
-
-    from ..models._cellflow import CellFlow
 
 
 def generate(
@@ -197,8 +196,6 @@ def generate(
 
 
 def _check_model(model) -> None:
-    from ..models._cellflow import CellFlow
-
     if not isinstance(model, CellFlow):
         raise TypeError(f"model must be a trained cf.CellFlow, got {type(model).__name__}.")
     model._require_trained()

@@ -90,7 +90,13 @@ class TrainingDesign:
 
 
 def build_training_design(
-    adata, setup: SetupConfig, codec: ConditionCodec, conditions: list[Condition], *, over_time: bool = False
+    adata,
+    setup: SetupConfig,
+    codec: ConditionCodec,
+    conditions: list[Condition],
+    *,
+    over_time: bool = False,
+    contexts: list[tuple[str, ...]] | None = None,
 ) -> TrainingDesign:
     """Assign every cell to a group and a context, and encode each group's network inputs.
 
@@ -104,6 +110,9 @@ def build_training_design(
         Encodes conditions and covariates.
     conditions
         Condition of every cell.
+    contexts
+        The order of the context codes, e.g. a trained model's (its token shifts and control
+        reference are indexed by them); by default the order in which the cells show them.
     over_time
         Group by condition x context only (groups followed over time, for backbones over time). Every
         condition must then be measured at every time point in its context, and the control
@@ -118,11 +127,17 @@ def build_training_design(
     obs = adata.obs
     keys = list(setup.covariate_keys)
     context_frame = obs[keys].astype(str) if keys else pd.DataFrame(index=obs.index)
-    if keys:
+    if not keys:
+        context_codes, contexts = np.zeros(adata.n_obs, dtype=np.int64), [()]
+    elif contexts is None:
         context_codes, context_uniques = pd.factorize(pd.MultiIndex.from_frame(context_frame))
         contexts = [tuple(c) for c in context_uniques]
     else:
-        context_codes, contexts = np.zeros(adata.n_obs, dtype=np.int64), [()]
+        contexts = [tuple(c) for c in contexts]
+        context_codes = pd.MultiIndex.from_tuples(contexts).get_indexer(pd.MultiIndex.from_frame(context_frame))
+        if (context_codes < 0).any():
+            unknown = context_frame[context_codes < 0].drop_duplicates().head(5).to_dict("records")
+            raise ValueError(f"Contexts {unknown} are not among the model's {contexts[:10]}.")
     if over_time and setup.time_key is None:
         raise ValueError("Trajectory groups need experimental time: call cf.pp.setup(..., time_key=...) first.")
     time = obs[setup.time_key].astype(float).to_numpy() if setup.time_key else np.zeros(adata.n_obs)

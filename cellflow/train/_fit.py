@@ -11,7 +11,7 @@ from ._groups import GroupIndex
 from ._interrupt import interruptible
 from ._plan import FlowTrainingPlan, GroupBatches
 from ._quiet import quiet_lightning
-from ._resume import checkpoint_callbacks, resume_step
+from ._resume import checkpoint_callbacks, fingerprint, finish, resume_step
 from ._validation import VALIDATION_SEED_OFFSET, BestWeights, fixed_validation_batches
 
 
@@ -55,7 +55,7 @@ def fit_flow_plan(
         best = BestWeights()
         callbacks = [pl.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, mode="min"), best]
         options = {"val_check_interval": config.validation_every, "check_val_every_n_epoch": None}
-    resume_from, done = resume_step(checkpoint_dir)
+    resume_from, done = resume_step(checkpoint_dir, fingerprint(plan, seed) if checkpoint_dir else "")
     if checkpoint_dir is not None:
         callbacks = callbacks + checkpoint_callbacks(checkpoint_dir)
     loader = torch.utils.data.DataLoader(GroupBatches(index, groups, config, seed, skip=done), batch_size=None)
@@ -91,6 +91,7 @@ def fit_flow_plan(
             )
     finally:
         plan.flow.cpu().eval()
+    finish(checkpoint_dir)
     result = {
         "final_loss": float(trainer.callback_metrics.get("train_loss", float("nan"))),
         "steps": trainer.global_step,

@@ -18,6 +18,8 @@ from ._groups import GroupIndex
 from ._plan import FlowTrainingPlan
 from ._validation import VALIDATION_SEED_OFFSET, fixed_validation_batches
 
+REFLOW_PAIRS_OFFSET = 15485863  # the pairs' draws: seed + this, apart from each round's minibatch stream
+
 
 def resolve_coupling(config: FlowTrainingConfig, module: FlowModule) -> FlowTrainingConfig:
     """The config with its coupling resolved for the module: fixed population pairs need fixed control sources.
@@ -115,6 +117,7 @@ def training_plan(
     every target cell gets its control partner once, by exact optimal transport over the
     populations (seeded by ``seed``).
     """
+    config = resolve_coupling(config, module)
     index = design.index()
     group_shift = module.shift(design.table)
     latent = torch.as_tensor(latent, dtype=torch.float32)
@@ -268,8 +271,9 @@ def reflow(
     if config.rounds < 1:
         raise ValueError(f"reflow needs rounds >= 1, got {config.rounds}.")
     index = design.index()
+    # A plan on the training cells draws the pairs' sources; its own random stream is not used.
     sources = FlowTrainingPlan(module, design.table, torch.as_tensor(latent, dtype=torch.float32), flow_config)
-    generator = torch.Generator().manual_seed(seed + 1)
+    generator = torch.Generator().manual_seed(seed + REFLOW_PAIRS_OFFSET)
     rounds_done = module.sampling.reflow_rounds
     loss = float("nan")
     for round_ in range(config.rounds):

@@ -2,8 +2,9 @@
 
 A *group* is one perturbation (with its doses) in one context (a combination of
 covariate values): at one time point for backbones that take time as part of the
-condition, and followed over all ``T`` time points for backbones over time. Its source
-cells are the control cells of the same context (at the same time point). Cells are sorted
+condition (its sources: the control cells of the context), and followed over all ``T`` time
+points for backbones over time (its sources at each time point: the context's control cells
+measured then). Cells are sorted
 into contiguous blocks of (group, time point) once, so a minibatch is drawn with a few
 vectorised index operations and no Python loop over cells. Per-cell groups are the case
 ``T = 1``.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import IterableDataset
@@ -95,14 +97,9 @@ class FlowTrainingPlan(pl.LightningModule):
 
     def groups(self, rows: torch.Tensor) -> ConditionBatch:
         """Network inputs of the training groups ``rows``."""
-        return ConditionBatch(
-            self.group_token_ids[rows],
-            self.group_doses[rows],
-            self.group_mask[rows],
-            self.group_covariates[rows],
-            self.group_time[rows],
-            self.group_context[rows],
-        )
+        # Kept as buffers (moved to the device with the weights), gathered back into a batch here.
+        table = {f.name: getattr(self, f"group_{f.name}") for f in fields(ConditionBatch)}
+        return ConditionBatch(**table)[rows]
 
     def encode_groups(
         self, batch_group: torch.Tensor, dropout: float = 0.0, generator: torch.Generator | None = None

@@ -36,8 +36,10 @@ def _weights(path):
         lambda m: m["contexts"].reverse(),
         lambda m: m["model"].__setitem__("likelihood", "poisson"),
         lambda m: m["sampling"].__setitem__("reflow_rounds", 0),
+        lambda m: m["flow_training"].__setitem__("cells_per_group", 3),  # what reflow() after loading would use
+        lambda m: m["dose_range"].__setitem__(1, 10.0),
     ],
-    ids=["genes", "tokens", "contexts", "likelihood", "sampling"],
+    ids=["genes", "tokens", "contexts", "likelihood", "sampling", "flow_training", "dose_range"],
 )
 def test_an_edited_configuration_is_refused(saved, change):
     _edit(saved, change)

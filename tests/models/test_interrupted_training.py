@@ -94,3 +94,61 @@ def test_a_backed_anndata_is_refused_with_what_to_do(screen, tmp_path):
     with pytest.raises(ValueError, match=r"backed mode.*to_memory\(\)"):
         cf.CellFlow(backed)
     backed.file.close()
+
+
+def test_a_new_vae_marks_the_flow_of_the_old_latent_space_untrained(small):
+    assert small.is_trained
+    small.train_vae(epochs=1, **FAST)
+    assert not small.is_trained and small.module.reference is None and small.flow_config is None
+    with pytest.raises(RuntimeError, match="not trained yet"):
+        cf.tl.generate(small, **GENERATE)
+
+
+def test_ctrl_c_during_the_vae_keeps_the_trained_model(small):
+    before = _state(small)
+    vae = small.vae
+
+    class StopVAE(pl.Callback):
+        def on_train_epoch_end(self, trainer, *args) -> None:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    import scvi
+
+    real_train = scvi.model.SCVI.train
+
+    def train(self, *args, **kwargs):  # scvi-tools' trainer, with a Ctrl-C after its first epoch
+        return real_train(self, *args, **{**kwargs, "callbacks": [StopVAE()]})
+
+    scvi.model.SCVI.train = train
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            small.train_vae(epochs=5, **FAST)
+    finally:
+        scvi.model.SCVI.train = real_train
+    assert small.vae is vae and small.is_trained
+    np.testing.assert_array_equal(_state(small)[0], before[0])
+
+
+def test_a_checkpoint_of_another_fit_is_refused_not_resumed(small, tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        small.train_flow(steps=120, checkpoint_dir=tmp_path, trainer_kwargs={"callbacks": [CtrlC(60)]}, **FAST)
+    assert (tmp_path / "last.ckpt").exists()
+    with pytest.raises(ValueError, match="checkpoint of another training run"):
+        small.train_flow(steps=200, checkpoint_dir=tmp_path, **FAST)  # other options
+    small.train_flow(steps=120, checkpoint_dir=tmp_path, **FAST)  # the same fit resumes and completes
+    assert not (tmp_path / "last.ckpt").exists()  # a finished fit leaves no checkpoint to resume by mistake
+
+
+def test_a_flow_stopped_with_early_stopping_resumes_to_the_same_weights(small, tmp_path):
+    options = {"steps": 120, "validation_fraction": 0.3, "validation_every": 20, "patience": 100, **FAST}
+    small.save(tmp_path / "start")
+    uninterrupted = cf.CellFlow.load(tmp_path / "start", adata=small.adata).train_flow(**options)
+    resumed = cf.CellFlow.load(tmp_path / "start", adata=small.adata)
+    with pytest.raises(KeyboardInterrupt):
+        resumed.train_flow(**options, checkpoint_dir=tmp_path / "ck", trainer_kwargs={"callbacks": [CtrlC(70)]})
+    resumed.train_flow(**options, checkpoint_dir=tmp_path / "ck")
+    assert resumed.history["flow_best_step"] == uninterrupted.history["flow_best_step"]
+    np.testing.assert_array_equal(
+        cf.tl.generate(resumed, **GENERATE).obsm["X_cellflow"],
+        cf.tl.generate(uninterrupted, **GENERATE).obsm["X_cellflow"],
+    )
