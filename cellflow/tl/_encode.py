@@ -10,7 +10,7 @@ import pandas as pd
 
 from .._constants import LATENT_KEY
 from ..models._cellflow import CellFlow
-from ..pp._setup import INTEGER_SAMPLE, check_expression
+from ..pp._expression import INTEGER_SAMPLE, check_expression
 
 if TYPE_CHECKING:
     from anndata import AnnData
