@@ -296,7 +296,21 @@ class FlowModule(nn.Module):
         z0, log_library, batch = self.reference.sample(context, n, generator, over_time=self.over_time)
         if self.source == "noise":
             z0 = self.noise(z0.shape, generator)
-        device = self.times.device  # draws on the CPU (the same cells on any device), the flow where the module is
+        z1, nfe = self.carry(z0, condition, method=method, steps=steps, guidance=guidance)
+        return z1, log_library, batch, nfe
+
+    @torch.no_grad()
+    def carry(
+        self, z0: torch.Tensor, condition: ConditionBatch, *, method: str, steps: int, guidance: float = 1.0
+    ) -> tuple[torch.Tensor, int]:
+        """Carry given sources ``z0`` to one condition: the ODE in the flow's coordinates, then the shift back.
+
+        ``z0`` are cells (or trajectories) of the condition's context in the latent space: control
+        cells drawn by :meth:`sample`, or a user's own cells for their counterfactual. Returns the
+        end points (on the CPU) and the number of velocity evaluations.
+        """
+        n = len(z0)
+        device = self.times.device  # sources drawn on the CPU (the same cells on any device), the flow where it lives
         z0, condition = z0.to(device), condition.to(device)
         cond = self.condition(condition)
         null = self.null_condition(condition) if guidance != 1.0 else None
@@ -307,7 +321,7 @@ class FlowModule(nn.Module):
         shift = self.shift(condition)
         if shift is not None:  # back from the flow's coordinates
             z1 = z1 + shift
-        return z1.cpu(), log_library, batch, nfe
+        return z1.cpu(), nfe
 
 
 def _repeat_rows(cond: EncodedCondition, n: int) -> EncodedCondition:

@@ -58,6 +58,18 @@ def encode(
         (log-normalised data; checked on a sample of up to 100,000 nonzero values).
     """
     _check_arguments(model, adata, layer=layer, key_added=key_added, copy=copy)
+    latent, _, _ = encode_cells(model, adata, layer)
+    target = adata.copy() if copy else adata
+    target.obsm[key_added] = latent
+    logger.info("added %r (adata.obsm)", key_added)
+    return target if copy else None
+
+
+def encode_cells(model: CellFlow, adata: AnnData, layer: str | None = None):
+    """Check and encode cells: ``(latent, expression of the model's genes in its order, VAE batch codes or None)``.
+
+    Shared by :func:`encode` and :func:`cellflow.tl.predict`; raises what :func:`encode` documents.
+    """
     model._require_trained()
     if adata.n_obs == 0:
         raise ValueError("adata has 0 cells; there is nothing to encode. Pass an AnnData with cells.")
@@ -82,11 +94,7 @@ def encode(
     batch = _batch_codes(model, adata)
     if columns is not None:
         matrix = matrix[:, columns]
-    latent = model.vae.encode(matrix, batch)
-    target = adata.copy() if copy else adata
-    target.obsm[key_added] = latent
-    logger.info("added %r (adata.obsm)", key_added)
-    return target if copy else None
+    return model.vae.encode(matrix, batch), matrix, batch
 
 
 def _check_arguments(model, adata, *, layer, key_added, copy) -> None:
