@@ -5,6 +5,7 @@ from ._baselines import (
     Baseline,
     ControlBaseline,
     PerturbationMeanBaseline,
+    TrainingMeanBaseline,
     available_baselines,
     conditions_frame,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "LinearBaseline",
     "PerturbationMeanBaseline",
     "Split",
+    "TrainingMeanBaseline",
     "available_baselines",
     "conditions_frame",
     "run_benchmark",

@@ -16,7 +16,7 @@ HIGHER_IS_BETTER = {
     "energy_distance": False,
     "mse_top20": False,
 }
-METHOD_ORDER = ["cellflow", "latent_arithmetic", "linear", "additive", "control", "noise_floor"]
+METHOD_ORDER = ["cellflow", "latent_arithmetic", "linear", "additive", "training_mean", "control", "noise_floor"]
 
 
 def _order(methods) -> list[str]:

@@ -14,7 +14,7 @@ import cellflow as cf
 
 from ..metrics import log_normalize
 from ..tl import generate
-from ._baselines import AdditiveBaseline, ControlBaseline, conditions_frame
+from ._baselines import AdditiveBaseline, ControlBaseline, TrainingMeanBaseline, conditions_frame
 from ._latent import LatentArithmeticBaseline
 from ._linear import LinearBaseline
 from ._report import write_report
@@ -119,7 +119,8 @@ def run_benchmark(
 
     say("[3/5] Fitting the baselines")
     baselines = []
-    for baseline in (ControlBaseline(), AdditiveBaseline(), LinearBaseline(), LatentArithmeticBaseline(model)):
+    baselines_to_fit = (ControlBaseline(), AdditiveBaseline(), TrainingMeanBaseline(), LinearBaseline())
+    for baseline in (*baselines_to_fit, LatentArithmeticBaseline(model)):
         tic = time.perf_counter()
         baselines.append(baseline.fit(train))
         times[f"fit {baseline.name}"] = time.perf_counter() - tic

@@ -269,7 +269,8 @@ class CellFlow:
             steps. A run stopped at any point (an error, Ctrl-C, a killed job) and started
             again with the same folder, data and options resumes there and ends with the model
             an uninterrupted run gives (bit for bit on the CPU; on a GPU, up to the
-            nondeterminism of its kernels). A folder of another run is refused.
+            nondeterminism of its kernels; not with dropout inside the backbone, whose draws
+            come from torch's global stream). A folder of another run is refused.
 
         Returns
         -------

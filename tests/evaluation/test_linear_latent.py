@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import cellflow as cf
-from cellflow.evaluation import LatentArithmeticBaseline, LinearBaseline
+from cellflow.evaluation import LatentArithmeticBaseline, LinearBaseline, TrainingMeanBaseline
 from cellflow.metrics import log_normalize
 
 
@@ -121,3 +121,30 @@ def test_latent_arithmetic_with_a_trained_model(trained, screen):
     condition = split.held_out[0]
     pred = baseline.predict(condition, covariates={"cell_type": frame["cell_type"].iloc[0]}, n_cells=30)
     assert pred.shape == (30, adata.n_vars) and np.isfinite(pred).all()
+
+
+def test_training_mean_is_the_average_change_of_the_training_conditions():
+    adata = _screen(["control"] * 40 + ["A"] * 20 + ["B"] * 20 + ["A+B"] * 20, seed=3)
+    baseline = TrainingMeanBaseline().fit(adata)
+    expected = np.mean([_mean_change(adata, label) for label in ("A", "B", "A+B")], axis=0)
+    x = log_normalize(adata.X)
+    control = x[adata.obs["perturbation"].to_numpy() == "control"]
+    # The same prediction for any condition, seen or not: control cells + the average change.
+    for condition in ("A", "C", "A+C"):
+        cells = baseline.predict(condition, n_cells=4000, seed=1)
+        np.testing.assert_allclose(cells.mean(0), np.clip(control + expected, 0, None).mean(0), atol=0.05)
+    assert np.array_equal(baseline.predict("A", n_cells=10, seed=2), baseline.predict("C", n_cells=10, seed=2))
+
+
+def test_training_mean_uses_the_context_and_needs_perturbed_cells():
+    labels = ["control"] * 20 + ["A"] * 20 + ["control"] * 20 + ["B"] * 20
+    adata = _screen(labels, contexts=["x"] * 40 + ["y"] * 40, seed=4)
+    baseline = TrainingMeanBaseline().fit(adata)
+    x, obs = log_normalize(adata.X), adata.obs
+    in_y = obs["cell_type"].to_numpy() == "y"
+    change_y = x[in_y & (obs["perturbation"] == "B").to_numpy()].mean(0) - x[
+        in_y & (obs["perturbation"] == "control").to_numpy()
+    ].mean(0)
+    np.testing.assert_allclose(baseline.mean_change["y"], change_y, atol=1e-6)
+    with pytest.raises(ValueError, match="perturbed training cells"):
+        TrainingMeanBaseline().fit(_screen(["control"] * 30))

@@ -28,7 +28,7 @@ def test_cli_benchmark_end_to_end(tiny_file, tmp_path, capsys):
     assert main([*args, "--accelerator", "cpu"]) == 0
     assert "[5/5]" in capsys.readouterr().out  # progress lines
     results = pd.read_csv(out / "results.csv")
-    methods = {"cellflow", "control", "additive", "linear", "latent_arithmetic", "noise_floor"}
+    methods = {"cellflow", "control", "additive", "training_mean", "linear", "latent_arithmetic", "noise_floor"}
     assert set(results["method"]) == methods
     held = set(results["condition"])
     assert held and all("+" in c for c in held)
