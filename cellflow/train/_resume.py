@@ -29,9 +29,9 @@ def checkpoint_callbacks(directory: Path, every: int = EVERY_STEPS) -> list[pl.C
     return [pl.callbacks.ModelCheckpoint(dirpath=directory, save_top_k=0, save_last=True, every_n_train_steps=every)]
 
 
-def fingerprint(plan, seed: int, steps_offset: int = 0) -> str:
+def fingerprint(plan, seed: int) -> str:
     """A hash of what a fit depends on: its options, seed, training data and starting weights."""
-    digest = hashlib.sha256(json.dumps([repr(plan.config), seed, steps_offset]).encode())
+    digest = hashlib.sha256(json.dumps([repr(plan.config), seed]).encode())
     for name, tensor in [*plan.named_buffers(), *plan.state_dict().items()]:
         if tensor is not None:
             digest.update(name.encode())
