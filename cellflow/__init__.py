@@ -1,6 +1,6 @@
 """cellflow: predict single-cell perturbation responses with latent rectified flows.
 
-``import cellflow as cf`` is cheap: the namespaces (``cf.pp``, ``cf.tl``,
+``import cellflow as cf`` is cheap: the namespaces (``cf.pp``, ``cf.tl``, ``cf.pl``,
 ``cf.datasets``, ``cf.metrics``, ``cf.evaluation``) and :class:`cf.CellFlow` load on first use, so torch,
 scvi-tools and Lightning are imported only when a model is built.
 """
@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = {"pp", "tl", "datasets", "metrics", "evaluation"}
+_SUBMODULES = {"pp", "tl", "pl", "datasets", "metrics", "evaluation"}
 _ATTRIBUTES = {"CellFlow": "cellflow.models._cellflow"}
 
-__all__ = ["CellFlow", "datasets", "evaluation", "metrics", "pp", "tl", "__version__"]
+__all__ = ["CellFlow", "datasets", "evaluation", "metrics", "pl", "pp", "tl", "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover - for static analysis only
-    from . import datasets, evaluation, metrics, pp, tl
+    from . import datasets, evaluation, metrics, pl, pp, tl
     from .models._cellflow import CellFlow
 
 

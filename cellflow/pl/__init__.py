@@ -1,0 +1,3 @@
+"""Plots of predictions, benchmarks and models, in scanpy's conventions (matplotlib, imported lazily)."""
+
+__all__: list[str] = []
