@@ -69,11 +69,6 @@ def check_model_inputs(adata, setup: SetupConfig, config: CellFlowConfig) -> Non
 
 def check_trainable(adata, setup: SetupConfig, config: CellFlowConfig, conditions) -> None:
     """Refuse, before any training, data the model could only fail on after minutes of VAE training."""
-    if getattr(adata, "isbacked", False):
-        raise ValueError(
-            "adata is opened in backed mode; cellflow trains on data in memory for now. "
-            "Load it with adata = adata.to_memory() (or anndata.read_h5ad(path) without backed=)."
-        )
     is_control = np.fromiter((c.is_control for c in conditions), dtype=bool, count=len(conditions))
     if is_control.all():
         raise ValueError(

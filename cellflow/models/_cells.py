@@ -76,10 +76,6 @@ def fit_vae(
 
 def encode_cells(vae: LatentVAE, adata, setup, batch_key: str | None, categories: list[str]) -> EncodedCells:
     """Encode every cell once (the VAE's posterior means) and keep its batch code and log library size."""
-    matrix = expression(adata, setup)
     _, batch = batch_codes(adata, batch_key, categories)
-    return EncodedCells(
-        latent=vae.encode(matrix, batch),
-        batch=batch,
-        log_library=np.log(np.maximum(np.asarray(matrix.sum(axis=1)).ravel(), 1.0)),
-    )
+    latent, log_library = vae.encode_with_library(expression(adata, setup), batch)
+    return EncodedCells(latent=latent, batch=batch, log_library=log_library)

@@ -49,13 +49,20 @@ def expression_features(adata, setup, conditions, *, required: list[str]) -> tup
         )
     matrix = adata.layers[setup.layer] if setup.layer else adata.X
     controls = np.flatnonzero([c.is_control for c in conditions])
-    x = matrix[controls]
-    x = x.toarray() if sp.issparse(x) else np.asarray(x, dtype=np.float64)
-    x = x.astype(np.float64)
-    if setup.counts:
-        x = np.log1p(x / np.maximum(x.sum(axis=1, keepdims=True), 1.0) * 1e4)
-    x -= x.mean(axis=0)
-    norm = np.sqrt((x**2).sum(axis=0))
-    norm[norm == 0] = np.inf  # constant genes correlate with nothing
-    x /= norm
-    return genes, (x.T @ x).astype(np.float32)
+    # Sums and cross-products over blocks of control cells: memory holds one block and genes x genes.
+    total, cross = np.zeros(len(genes)), np.zeros((len(genes), len(genes)))
+    for start in range(0, len(controls), 4096):
+        x = matrix[controls[start : start + 4096]]
+        x = (x.toarray() if sp.issparse(x) else np.asarray(x)).astype(np.float64)
+        if setup.counts:
+            x = np.log1p(x / np.maximum(x.sum(axis=1, keepdims=True), 1.0) * 1e4)
+        total += x.sum(axis=0)
+        cross += x.T @ x
+    mean = total / max(len(controls), 1)
+    covariance = cross - len(controls) * np.outer(mean, mean)  # sum over cells of centred products
+    variance = np.diag(covariance)
+    norm = np.sqrt(np.maximum(variance, 0.0))
+    # Constant genes correlate with nothing (their variance is rounding error of the sums).
+    norm[variance <= 1e-9 * np.diag(cross)] = np.inf
+    norm[norm == 0] = np.inf
+    return genes, (covariance / np.outer(norm, norm)).astype(np.float32)

@@ -105,13 +105,14 @@ def _data_hash(model) -> str:
     present = [c for c in dict.fromkeys(columns) if c is not None]
     digest.update(pd.util.hash_pandas_object(adata.obs[present].astype(str), index=False).to_numpy().tobytes())
     matrix = expression(adata, setup)
-    if sp.issparse(matrix):
-        matrix = matrix.tocsr()
-        for part in (matrix.data, matrix.indices, matrix.indptr):
-            digest.update(np.ascontiguousarray(part).tobytes())
-    else:
-        for start in range(0, matrix.shape[0], 4096):  # a block of rows at a time: memory bounded by the block
-            digest.update(np.ascontiguousarray(matrix[start : start + 4096]).tobytes())
+    for start in range(0, matrix.shape[0], 4096):  # a block of rows at a time: memory bounded by the block
+        block = matrix[start : start + 4096]  # in memory or on disk, sparse blocks hash alike
+        if sp.issparse(block):
+            block = sp.csr_matrix(block)
+            for part in (block.data, block.indices, np.diff(block.indptr)):
+                digest.update(np.ascontiguousarray(part).tobytes())
+        else:
+            digest.update(np.ascontiguousarray(block).tobytes())
     return digest.hexdigest()
 
 

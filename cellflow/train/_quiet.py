@@ -19,11 +19,13 @@ def quiet_lightning() -> Iterator[None]:
         logger.setLevel(logging.WARNING)
     try:
         with warnings.catch_warnings():
-            # A few batches per epoch on small data sets, a flow trained without a validation split,
+            # A few batches per epoch on small data sets, training without a validation split,
             # and a deprecation inside Lightning itself.
             warnings.filterwarnings("ignore", message=".*number of training batches.*")
             warnings.filterwarnings("ignore", message=".*validation_step.*but have no.*val_dataloader.*")
             warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+            # The on-disk loader's dataset is iterable with a length and is read by one process.
+            warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined.*")
             yield
     finally:
         for logger, level in zip(loggers, levels):

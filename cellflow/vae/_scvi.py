@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 from .._constants import LIKELIHOODS
+from ._disk import disk_datamodule, is_in_memory, read_rows
 
 
 @dataclass
@@ -93,6 +94,7 @@ class LatentVAE:
         early_stopping: bool = False,
         kl_weight: float = 1.0,
         seed: int = 0,
+        trainer_kwargs: dict | None = None,
     ) -> LatentVAE:
         """Train scvi-tools' SCVI on ``matrix`` (cells x genes) and keep its module.
 
@@ -102,48 +104,74 @@ class LatentVAE:
         default because the validation ELBO still drifts under the KL warm-up, so it can stop
         long before the decoder is good (see the results page). ``kl_weight`` is scvi-tools'
         ``max_kl_weight``, the KL term's weight after its warm-up.
+
+        A numpy or scipy matrix trains through scvi-tools' own data splitter (a tenth of the
+        cells held out for validation). Any other matrix (a backed AnnData's ``X``: an ``h5ad``
+        or zarr sparse dataset) stays on disk: scvi-tools trains from a custom data module that
+        reads shuffled blocks of rows (:class:`~cellflow.vae._disk.BlockShuffleDataset`), with
+        memory bounded by its buffer and every rank of a distributed run reading its own blocks.
+        ``trainer_kwargs`` go to Lightning's trainer (e.g. ``strategy="ddp"``).
         """
-        import anndata as ad
         import scvi
 
         scvi.settings.seed = seed
-
-        obs = pd.DataFrame(index=[str(i) for i in range(matrix.shape[0])])
-        if batch is not None:
-            obs["batch"] = pd.Categorical(np.asarray(batch).astype(str))
-        # A private AnnData: scvi-tools registers itself in it, never in the user's object.
-        private = ad.AnnData(X=matrix, obs=obs)
-        scvi.model.SCVI.setup_anndata(private, batch_key="batch" if batch is not None else None)
-        model = scvi.model.SCVI(
-            private,
-            n_latent=config.n_latent,
-            n_hidden=config.n_hidden,
-            n_layers=config.n_layers,
-            dropout_rate=config.dropout_rate,
-            dispersion=config.dispersion,
-            gene_likelihood=config.gene_likelihood,
-            log_variational=config.log_variational,
-        )
-        model.train(
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            accelerator=accelerator,
-            devices=devices,
-            early_stopping=early_stopping,
-            enable_progress_bar=progress_bar,
-            plan_kwargs={"lr": lr, "max_kl_weight": kl_weight},
-        )
+        model_kwargs = {
+            "n_latent": config.n_latent,
+            "n_hidden": config.n_hidden,
+            "n_layers": config.n_layers,
+            "dropout_rate": config.dropout_rate,
+            "dispersion": config.dispersion,
+            "gene_likelihood": config.gene_likelihood,
+            "log_variational": config.log_variational,
+        }
+        train_kwargs = {
+            "max_epochs": max_epochs,
+            "accelerator": accelerator,
+            "devices": devices,
+            "early_stopping": early_stopping,
+            "enable_progress_bar": progress_bar,
+            "plan_kwargs": {"lr": lr, "max_kl_weight": kl_weight},
+            **(trainer_kwargs or {}),
+        }
+        if is_in_memory(matrix):
+            private = _private_anndata(matrix, batch)
+            scvi.model.SCVI.setup_anndata(private, batch_key="batch" if batch is not None else None)
+            model = scvi.model.SCVI(private, **model_kwargs)
+            model.train(batch_size=batch_size, **train_kwargs)
+        else:
+            if early_stopping:
+                raise ValueError("early_stopping needs a validation set, which training from disk does not hold out.")
+            # scvi-tools' custom data modules: the registry comes from a few cells, the minibatches from disk.
+            template = _private_anndata(sp.csr_matrix(read_rows(matrix, 0, min(matrix.shape[0], 64))), batch)
+            scvi.model.SCVI.setup_anndata(template, batch_key="batch" if batch is not None else None)
+            registry = scvi.model.SCVI(template, **model_kwargs).registry_
+            model = scvi.model.SCVI(registry=registry, **model_kwargs)
+            datamodule = disk_datamodule(matrix, batch, batch_size=batch_size, seed=seed)
+            model.train(datamodule=datamodule, **train_kwargs)
         config.n_batch = model.module.n_batch
         return cls(model.module.cpu(), config)
 
-    @torch.no_grad()
     def encode(self, matrix, batch: np.ndarray | None = None, *, batch_size: int = 4096) -> np.ndarray:
         """Posterior mean of the latent for each cell (``cells x n_latent``)."""
-        out = []
+        return self.encode_with_library(matrix, batch, batch_size=batch_size)[0]
+
+    @torch.no_grad()
+    def encode_with_library(
+        self, matrix, batch: np.ndarray | None = None, *, batch_size: int = 4096
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior means (``cells x n_latent``) and log library sizes (``cells``), in one pass over ``matrix``.
+
+        ``matrix`` may stay on disk (a backed AnnData's ``X``): it is read ``batch_size`` rows at
+        a time, so memory holds one chunk and the latents. The log library size is the log of
+        the row's total, at least 1 (an empty cell gets 0).
+        """
+        latents, libraries = [], []
         for x, b in self._batches(matrix, batch, batch_size):
-            qz = self.module.inference(x, b)["qz"]
-            out.append(qz.loc.cpu().numpy())
-        return np.concatenate(out, axis=0) if out else np.zeros((0, self.config.n_latent), dtype=np.float32)
+            latents.append(self.module.inference(x, b)["qz"].loc.cpu().numpy())
+            libraries.append(np.log(np.maximum(x.sum(dim=1).double().cpu().numpy(), 1.0)))
+        if not latents:
+            return np.zeros((0, self.config.n_latent), dtype=np.float32), np.zeros(0)
+        return np.concatenate(latents, axis=0), np.concatenate(libraries)
 
     @torch.no_grad()
     def decode(
@@ -189,9 +217,7 @@ class LatentVAE:
     def _batches(self, matrix, batch, batch_size) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         device = next(self.module.parameters()).device
         for start in range(0, matrix.shape[0], batch_size):
-            chunk = matrix[start : start + batch_size]
-            chunk = chunk.toarray() if sp.issparse(chunk) else np.asarray(chunk)
-            x = torch.as_tensor(chunk, dtype=torch.float32, device=device)
+            x = torch.as_tensor(read_rows(matrix, start, start + batch_size), device=device)
             if batch is None:
                 b = torch.zeros(x.shape[0], 1, dtype=torch.long, device=device)
             else:
@@ -212,6 +238,22 @@ class LatentVAE:
     def config_dict(self) -> dict:
         """The config as a JSON-ready dict."""
         return asdict(self.config)
+
+
+def _private_anndata(matrix, batch: np.ndarray | None):
+    """An AnnData of ``matrix`` that scvi-tools may register itself in (never the user's object).
+
+    The batch categories are the codes in numeric order, so scvi-tools' internal code of a batch
+    is the code itself (string order would put "10" before "2").
+    """
+    import anndata as ad
+
+    obs = pd.DataFrame(index=[str(i) for i in range(matrix.shape[0])])
+    if batch is not None:
+        codes = np.asarray(batch).astype(np.int64)
+        categories = [str(i) for i in range(int(codes.max()) + 1)]
+        obs["batch"] = pd.Categorical(codes[: matrix.shape[0]].astype(str), categories=categories)
+    return ad.AnnData(X=matrix, obs=obs)
 
 
 SAMPLING_CHUNK_ROWS = 1024  # fixed, so the counts do not depend on the number of threads

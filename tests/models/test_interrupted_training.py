@@ -4,7 +4,6 @@ import os
 import signal
 from dataclasses import replace
 
-import anndata as ad
 import lightning.pytorch as pl
 import numpy as np
 import pytest
@@ -85,15 +84,6 @@ def test_a_context_without_control_cells_is_refused_before_training(screen):
     with pytest.raises(ValueError, match=r"No control cells in context\(s\) \['type_1'\].*source='noise'"):
         cf.CellFlow(data)
     cf.CellFlow(data, source="noise")  # noise needs no control cells
-
-
-def test_a_backed_anndata_is_refused_with_what_to_do(screen, tmp_path):
-    _, _, _, train = screen
-    train[:300].copy().write_h5ad(tmp_path / "screen.h5ad")
-    backed = ad.read_h5ad(tmp_path / "screen.h5ad", backed="r")
-    with pytest.raises(ValueError, match=r"backed mode.*to_memory\(\)"):
-        cf.CellFlow(backed)
-    backed.file.close()
 
 
 def test_a_new_vae_marks_the_flow_of_the_old_latent_space_untrained(small):
