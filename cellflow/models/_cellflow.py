@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import torch
 
 from ..backbones import get_backbone
 from ..flow import FlowModule
@@ -255,9 +256,13 @@ class CellFlow(TrainingMixin):
     def save(self, path: str | Path, *, overwrite: bool = False) -> None:
         """Save weights (safetensors) and configuration (JSON) to the directory ``path``.
 
-        Loading never unpickles anything: see :meth:`load`.
+        Loading never unpickles anything: see :meth:`load`. In a distributed run (Lightning's
+        DDP, where every process runs the script) only the process of rank 0 writes; the others
+        return at once, as Lightning's ``rank_zero_only`` would.
         """
         self._require_trained()
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
+            return
         save_model(self, Path(path), overwrite=overwrite)
 
     @classmethod

@@ -47,8 +47,14 @@ def fit_vae(
     accelerator: str,
     devices,
     progress_bar: bool,
+    trainer_kwargs: dict | None = None,
 ) -> tuple[LatentVAE, list[str]]:
-    """Train scvi-tools' VAE on the registered counts (seeded by ``config.seed``), and its batch categories."""
+    """Train scvi-tools' VAE on the registered counts (seeded by ``config.seed``), and its batch categories.
+
+    With a distributed strategy in ``trainer_kwargs`` (e.g. ``{"strategy": "ddp"}`` and
+    ``devices=4``), each process takes ``batch_size / processes`` cells per step, so the global
+    minibatch is ``batch_size`` whatever the number of processes.
+    """
     pl.seed_everything(config.seed, verbose=False)
     categories, batch = batch_codes(adata, config.batch_key)
     vae_config = VAEConfig(
@@ -64,14 +70,35 @@ def fit_vae(
             batch=batch,
             config=vae_config,
             max_epochs=training.epochs_for(adata.n_obs),
-            batch_size=training.batch_size,
+            batch_size=max(2, training.batch_size // processes(devices, trainer_kwargs)),
             accelerator=accelerator,
             devices=devices,
             progress_bar=progress_bar,
             kl_weight=config.vae_kl_weight,
             seed=config.seed,
+            trainer_kwargs=_vae_trainer_options(trainer_kwargs),
         )
     return vae, categories
+
+
+def _vae_trainer_options(trainer_kwargs: dict | None) -> dict | None:
+    # scvi-tools' VAE leaves its library-size encoder unused with observed library sizes, which
+    # plain DDP refuses; scvi-tools' documentation trains it with this variant.
+    if trainer_kwargs and trainer_kwargs.get("strategy") == "ddp":
+        return {**trainer_kwargs, "strategy": "ddp_find_unused_parameters_true"}
+    return trainer_kwargs
+
+
+DISTRIBUTED_OPTIONS = ("strategy", "num_nodes")
+"""Options of Lightning's trainer that :meth:`~cellflow.CellFlow.train` passes to the VAE's trainer too."""
+
+
+def processes(devices, trainer_kwargs: dict | None) -> int:
+    """Processes of a distributed run (devices per node x nodes); 1 without a strategy or with "auto" devices."""
+    options = trainer_kwargs or {}
+    if options.get("strategy") is None or not isinstance(devices, int):
+        return 1
+    return devices * int(options.get("num_nodes", 1))
 
 
 def encode_cells(vae: LatentVAE, adata, setup, batch_key: str | None, categories: list[str]) -> EncodedCells:

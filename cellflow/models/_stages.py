@@ -27,7 +27,7 @@ import scipy.sparse as sp
 
 from ..train import FlowTrainingConfig, ReflowConfig, VAETrainingConfig
 from ..vae import LatentVAE, VAEConfig
-from ._cells import expression
+from ._cells import DISTRIBUTED_OPTIONS, expression
 from ._persistence import CONFIG_FILE, fsync, load_model, save_model, sha256, write_atomically
 
 RUN_FILE = "run.json"
@@ -44,13 +44,19 @@ def train_in_stages(
     trainer_kwargs: dict | None,
 ) -> None:
     """Train ``model`` (VAE, flow, reflow), keeping what each finished stage produced in ``directory`` (if given)."""
+    if directory is not None and (trainer_kwargs or {}).get("strategy") is not None:
+        raise ValueError(
+            "checkpoint_dir is not supported with a distributed strategy yet (every process would write the "
+            "stages); train without checkpoint_dir, or on one process."
+        )
     if directory is not None:
         directory.mkdir(parents=True, exist_ok=True)
         _check_run(model, directory, {"vae": asdict(vae), "flow": asdict(flow), "reflow": asdict(again)})
     if _done(directory, "vae/vae.json"):
         _load_vae(model, directory / "vae")
     else:
-        model.train_vae(**asdict(vae), **hardware)
+        distributed = {k: v for k, v in (trainer_kwargs or {}).items() if k in DISTRIBUTED_OPTIONS}
+        model.train_vae(**asdict(vae), **hardware, trainer_kwargs=distributed)
         if directory is not None:
             _save_vae(model, directory / "vae")
     flow_dir = None if directory is None else directory / "flow"

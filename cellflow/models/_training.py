@@ -78,7 +78,10 @@ class TrainingMixin:
             :class:`~cellflow.train.FlowTrainingConfig` (minibatch shape, coupling, condition
             dropout, early stopping, precision, ...) and :class:`~cellflow.train.ReflowConfig`.
         trainer_kwargs
-            Extra arguments of Lightning's ``Trainer`` for the flow and reflow.
+            Extra arguments of Lightning's ``Trainer`` for the flow and reflow. Its
+            ``strategy`` and ``num_nodes`` also go to the VAE's trainer, so that
+            ``devices=4, trainer_kwargs={"strategy": "ddp"}`` trains both stages on 4 processes
+            (the docs' page on many GPUs shows a script and a SLURM job).
         checkpoint_dir
             A folder that keeps each finished stage and a checkpoint of the flow every 50
             steps. A run stopped at any point (an error, Ctrl-C, a killed job) and started
@@ -103,7 +106,13 @@ class TrainingMixin:
         return self
 
     def train_vae(
-        self, *, accelerator: str = "auto", devices: int | str = "auto", progress_bar: bool = True, **options
+        self,
+        *,
+        accelerator: str = "auto",
+        devices: int | str = "auto",
+        progress_bar: bool = True,
+        trainer_kwargs: dict | None = None,
+        **options,
     ) -> TrainingMixin:
         """Train the VAE (scvi-tools) and encode every training cell once (first half of :meth:`train`).
 
@@ -111,6 +120,10 @@ class TrainingMixin:
         ----------
         accelerator, devices, progress_bar
             As in :meth:`train`.
+        trainer_kwargs
+            Extra arguments of the VAE's Lightning trainer (scvi-tools'), e.g. ``strategy="ddp"``
+            and ``num_nodes``; the global minibatch stays ``batch_size`` (see
+            :func:`~cellflow.models._cells.fit_vae`).
         **options
             Options of :class:`~cellflow.train.VAETrainingConfig` (``epochs``, ``batch_size``).
         """
@@ -126,6 +139,7 @@ class TrainingMixin:
                 accelerator=accelerator,
                 devices=devices,
                 progress_bar=progress_bar,
+                trainer_kwargs=trainer_kwargs,
             )
             self._use_latent_space(vae, categories)
             self._encoded_cells()

@@ -68,7 +68,8 @@ def fit_flow_plan(
                 **{
                     "max_steps": config.steps,
                     "accelerator": accelerator,
-                    "devices": devices if accelerator != "cpu" else 1,
+                    # On the CPU, "auto" devices would mean one process per core: one, unless a strategy is asked for.
+                    "devices": devices if accelerator != "cpu" or "strategy" in extra else 1,
                     "precision": config.precision,
                     "logger": False,
                     "enable_checkpointing": checkpoint_dir is not None,

@@ -17,8 +17,24 @@ from ._validation import VALIDATION_SEED_OFFSET
 TRAINING_DRAWS_OFFSET = 104729  # the plan's stream: training seed + this, apart from the minibatch stream
 
 
+DISTRIBUTED_SEED_STRIDE = 7919
+"""Rank ``r`` of a distributed run draws its minibatches from ``seed + r * DISTRIBUTED_SEED_STRIDE``."""
+
+
+def _rank_and_world_size() -> tuple[int, int]:
+    """Rank of the calling process and the number of processes (0 and 1 outside distributed training)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 class GroupBatches(IterableDataset):
-    """An endless stream of minibatches: groups drawn uniformly, cells drawn within them."""
+    """An endless stream of minibatches: groups drawn uniformly, cells drawn within them.
+
+    Under distributed training (Lightning's DDP) each of the ``W`` ranks draws
+    ``ceil(groups_per_batch / W)`` groups from its own stream, so the global minibatch keeps
+    about the size of a single-process one.
+    """
 
     def __init__(
         self, index: GroupIndex, groups: torch.Tensor, config: FlowTrainingConfig, seed: int, skip: int = 0
@@ -27,8 +43,10 @@ class GroupBatches(IterableDataset):
         self.index, self.groups, self.config, self.seed, self.skip = index, groups, config, seed, skip
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed)
-        n = min(self.config.groups_per_batch, len(self.groups))
+        # Under distributed training each rank draws its own share of the global minibatch.
+        rank, world = _rank_and_world_size()
+        generator = torch.Generator().manual_seed(self.seed + DISTRIBUTED_SEED_STRIDE * rank)
+        n = min(-(-self.config.groups_per_batch // world), len(self.groups))
         drawn = 0
         while True:
             picked = self.groups[torch.randperm(len(self.groups), generator=generator)[:n]]

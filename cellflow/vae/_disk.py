@@ -50,8 +50,11 @@ class BlockShuffleDataset(torch.utils.data.IterableDataset):
         Seeds the order of blocks and rows; epoch ``e`` uses ``(seed, e)``, so a run is repeatable.
     rank, world_size
         This process's share under distributed training: the shuffled blocks are dealt round-robin
-        and every rank gets the same number of blocks (a few cells of an epoch are skipped, as with
-        ``drop_last``), so no rank waits for another at the end of an epoch.
+        and every rank takes the same number of full minibatches (a few cells of an epoch are
+        skipped, as with ``drop_last``), so no rank waits for another at the end of an epoch.
+    block_rows, buffer_blocks
+        Rows read in one piece (at most: small data sets get smaller blocks, down to a
+        minibatch, so that every rank has several) and blocks pooled before shuffling.
     """
 
     def __init__(
@@ -72,6 +75,8 @@ class BlockShuffleDataset(torch.utils.data.IterableDataset):
         self.batch_size = batch_size
         self.seed = seed
         self.rank, self.world_size = rank, world_size
+        # Small data sets get smaller blocks, so that every rank has several to shuffle.
+        block_rows = max(1, min(block_rows, max(batch_size, matrix.shape[0] // (4 * buffer_blocks * world_size))))
         self.block_rows, self.buffer_blocks = block_rows, buffer_blocks
         self.epoch = 0
         n_blocks = math.ceil(matrix.shape[0] / block_rows)
@@ -88,23 +93,39 @@ class BlockShuffleDataset(torch.utils.data.IterableDataset):
         return dealt[self.rank :: self.world_size]
 
     def __len__(self) -> int:
-        """Minibatches this rank yields per epoch (an upper bound when the last block is short)."""
-        return math.ceil(self.blocks_per_rank * self.block_rows / self.batch_size)
+        """Minibatches this rank yields per epoch.
+
+        One process yields every cell (the last minibatch may be short). Under distributed
+        training every rank yields the same number of full minibatches, as many as the rank
+        holding the short last block could (ranks that took different numbers of steps would
+        wait for each other forever).
+        """
+        if self.world_size == 1:
+            return math.ceil(self.matrix.shape[0] / self.batch_size)
+        short = self.n_blocks * self.block_rows - self.matrix.shape[0]
+        return (self.blocks_per_rank * self.block_rows - short) // self.batch_size
 
     def __iter__(self):
         rng = np.random.default_rng([self.seed, self.epoch])
         self.epoch += 1
-        blocks = self._my_blocks(rng)
+        blocks, remaining = self._my_blocks(rng), len(self)
+        x, index = np.zeros((0, self.matrix.shape[1]), dtype=np.float32), np.zeros(0, dtype=np.int64)
         for first in range(0, len(blocks), self.buffer_blocks):
-            # Read the buffer's blocks in file order (sequential I/O), then shuffle their rows.
+            # Read the buffer's blocks in file order (sequential I/O), then shuffle their rows
+            # together with the cells left over from the previous buffer.
             starts = np.sort(blocks[first : first + self.buffer_blocks]) * self.block_rows
             rows = [np.arange(s, min(s + self.block_rows, self.matrix.shape[0])) for s in starts]
-            x = np.concatenate([read_rows(self.matrix, r[0], r[-1] + 1) for r in rows])
-            index = np.concatenate(rows)
+            x = np.concatenate([x, *(read_rows(self.matrix, r[0], r[-1] + 1) for r in rows)])
+            index = np.concatenate([index, *rows])
             order = rng.permutation(len(index))
-            for lo in range(0, len(order), self.batch_size):
-                pick = order[lo : lo + self.batch_size]
-                yield self._minibatch(x[pick], index[pick])
+            x, index = x[order], index[order]
+            full = len(index) // self.batch_size * self.batch_size
+            for lo in range(0, min(full, remaining * self.batch_size), self.batch_size):
+                yield self._minibatch(x[lo : lo + self.batch_size], index[lo : lo + self.batch_size])
+            remaining -= min(full // self.batch_size, remaining)
+            x, index = x[full:], index[full:]
+        if remaining and len(index):  # one process: the last, short minibatch
+            yield self._minibatch(x, index)
 
     def _minibatch(self, x: np.ndarray, index: np.ndarray) -> dict[str, torch.Tensor]:
         batch = np.zeros(len(index), dtype=np.int64) if self.batch is None else self.batch[index]

@@ -1,0 +1,33 @@
+"""A distributed training run for the DDP test: ``python ddp_job.py PROCESSES DATA.h5ad|- MODEL_DIR``.
+
+Lightning's DDP on the CPU (gloo) starts ``PROCESSES`` processes, each running this script; both
+stages (the VAE through scvi-tools, the flow and its reflow) train under one process group. Rank 0
+saves the model. ``DATA`` may be a backed ``.h5ad`` file (``-``: simulated in memory).
+"""
+
+import sys
+
+import anndata as ad
+import torch
+
+import cellflow as cf
+
+TRAIN = {"vae_epochs": 30, "flow_steps": 300, "reflow_kwargs": {"steps": 50, "pairs_per_group": 16, "ode_steps": 2}}
+
+
+def main(processes: int, data: str, out: str) -> None:
+    torch.set_num_threads(1)
+    if data == "-":
+        adata = cf.datasets.simulate_perturbseq(n_cells=1200, n_genes=40, n_cell_types=2, seed=0)
+    else:
+        adata = ad.read_h5ad(data, backed="r")
+    cf.pp.setup(adata, perturbation_key="perturbation", control="control", covariate_keys=["cell_type"])
+    model = cf.CellFlow(adata, latent_dim=4, backbone_kwargs={"hidden_dim": 16, "n_blocks": 1}, seed=5)
+    model.train(**TRAIN, accelerator="cpu", devices=processes, trainer_kwargs={"strategy": "ddp"}, progress_bar=False)
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    print(f"rank {rank} of {torch.distributed.get_world_size() if rank is not None else 1} trained", flush=True)
+    model.save(out)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), sys.argv[2], sys.argv[3])
