@@ -144,6 +144,9 @@ class TrainingMixin:
             self._use_latent_space(vae, categories)
             self._encoded_cells()
         self.history["vae_seconds"] = time.perf_counter() - start
+        for key in ("vae_loss", "vae_validation_loss"):  # per epoch; none left from an earlier VAE
+            self.history.pop(key, None)
+        self.history |= vae.curves
         return self
 
     def train_flow(
@@ -223,18 +226,22 @@ class TrainingMixin:
             "validation_conditions",
             "reflow_seconds",
             "reflow_final_loss",
+            "flow_validation_loss",
+            "reflow_loss",
         ):
             self.history.pop(key, None)  # left by an earlier run
         self.history |= {
             "flow_seconds": time.perf_counter() - start,
             "flow_final_loss": fit["final_loss"],
             "flow_steps": fit["steps"],
+            "flow_loss": fit["curve"],
         }
         if validation_groups is not None:
             self.history |= {
                 "validation_conditions": validation_conditions,
                 "flow_best_step": fit["best_step"],
                 "flow_best_val_loss": fit["best_val_loss"],
+                "flow_validation_loss": fit["validation_curve"],
             }
 
     def reflow(
@@ -270,7 +277,7 @@ class TrainingMixin:
         flow_config = resolve_coupling(self.flow_config or FlowTrainingConfig(), self.module)
         start = time.perf_counter()
         with self._stage():
-            loss = reflow(
+            fit = reflow(
                 self.module,
                 self._design(),
                 self._encoded_cells().latent,
@@ -283,7 +290,8 @@ class TrainingMixin:
                 progress_bar=progress_bar,
                 trainer_kwargs=trainer_kwargs,
             )
-        self.history["reflow_final_loss"] = loss
+        self.history["reflow_final_loss"] = fit["final_loss"]
+        self.history["reflow_loss"] = fit["curve"]
         self.history["reflow_seconds"] = time.perf_counter() - start
         return self
 

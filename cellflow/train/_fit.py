@@ -14,6 +14,26 @@ from ._quiet import quiet_lightning
 from ._resume import checkpoint_callbacks, fingerprint, finish, resume_step
 from ._validation import VALIDATION_SEED_OFFSET, BestWeights, fixed_validation_batches
 
+CURVE_EVERY = 10
+"""The loss curve keeps the training loss of every tenth step (it is saved with the model)."""
+
+
+class LossCurves(pl.Callback):
+    """Records ``[step, training loss]`` every :data:`CURVE_EVERY` steps, ``[step, validation loss]`` at checks."""
+
+    def __init__(self) -> None:
+        self.train: list[list[float]] = []
+        self.validation: list[list[float]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: D102
+        if trainer.global_step % CURVE_EVERY == 0 and outputs is not None:
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            self.train.append([trainer.global_step, float(loss)])
+
+    def on_validation_end(self, trainer, pl_module) -> None:  # noqa: D102
+        if "val_loss" in trainer.callback_metrics:
+            self.validation.append([trainer.global_step, float(trainer.callback_metrics["val_loss"])])
+
 
 def fit_flow_plan(
     plan: FlowTrainingPlan,
@@ -40,8 +60,9 @@ def fit_flow_plan(
 
     Returns
     -------
-    ``{"final_loss": last training loss, "steps": steps taken}``, and with validation
-    ``"best_val_loss"`` and ``"best_step"``.
+    ``{"final_loss": last training loss, "steps": steps taken, "curve": [step, loss] every
+    ``CURVE_EVERY`` steps}``, and with validation ``"best_val_loss"``, ``"best_step"`` and
+    ``"validation_curve"`` ([step, loss] at every check).
     """
     config = plan.config
     groups = torch.arange(index.n_groups)
@@ -58,6 +79,8 @@ def fit_flow_plan(
     resume_from, done = resume_step(checkpoint_dir, fingerprint(plan, seed) if checkpoint_dir else "")
     if checkpoint_dir is not None:
         callbacks = callbacks + checkpoint_callbacks(checkpoint_dir)
+    curves = LossCurves()
+    callbacks = callbacks + [curves]
     loader = torch.utils.data.DataLoader(GroupBatches(index, groups, config, seed, skip=done), batch_size=None)
     extra = dict(trainer_kwargs or {})
     callbacks = callbacks + list(extra.pop("callbacks", []))  # the caller's callbacks run next to ours
@@ -96,7 +119,8 @@ def fit_flow_plan(
     result = {
         "final_loss": float(trainer.callback_metrics.get("train_loss", float("nan"))),
         "steps": trainer.global_step,
+        "curve": curves.train,
     }
     if validate:
-        result |= {"best_val_loss": best.best_loss, "best_step": best.best_step}
+        result |= {"best_val_loss": best.best_loss, "best_step": best.best_step, "validation_curve": curves.validation}
     return result

@@ -266,7 +266,8 @@ def reflow(
 
     Returns
     -------
-    The last round's final training loss.
+    ``{"final_loss": the last round's final training loss, "curve": [step, loss] of every
+    round, steps counted on from round to round}``.
     """
     if config.rounds < 1:
         raise ValueError(f"reflow needs rounds >= 1, got {config.rounds}.")
@@ -275,7 +276,7 @@ def reflow(
     sources = FlowTrainingPlan(module, design.table, torch.as_tensor(latent, dtype=torch.float32), flow_config)
     generator = torch.Generator().manual_seed(seed + REFLOW_PAIRS_OFFSET)
     rounds_done = module.sampling.reflow_rounds
-    loss = float("nan")
+    fit, curve = {"final_loss": float("nan")}, []
     for round_ in range(config.rounds):
         last = round_ == config.rounds - 1
         module.cpu().eval()
@@ -298,7 +299,7 @@ def reflow(
         plan = FlowTrainingPlan(module, design.table, z1, round_config, pair_source=z0, seed=seed + 1 + round_)
         # The weights change from here on: say so even if the round is interrupted.
         module.sampling = replace(module.sampling, reflow_rounds=rounds_done + round_ + 1, distill_steps=0)
-        loss = fit_flow_plan(
+        fit = fit_flow_plan(
             plan,
             pair_index,
             seed=seed + 1 + round_,
@@ -306,6 +307,8 @@ def reflow(
             devices=devices,
             progress_bar=progress_bar,
             trainer_kwargs=trainer_kwargs,
-        )["final_loss"]
+        )
+        offset = curve[-1][0] if curve else 0
+        curve += [[offset + step, loss] for step, loss in fit["curve"]]
     module.sampling = replace(module.sampling, distill_steps=config.distill_steps or 0)
-    return loss
+    return {"final_loss": fit["final_loss"], "curve": curve}

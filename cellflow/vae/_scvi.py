@@ -77,6 +77,7 @@ class LatentVAE:
     def __init__(self, module, config: VAEConfig) -> None:
         self.module = module.eval()
         self.config = config
+        self.curves: dict[str, list[float]] = {}  # filled by fit: the ELBO per epoch
 
     @classmethod
     def fit(
@@ -149,7 +150,12 @@ class LatentVAE:
             datamodule = disk_datamodule(matrix, batch, batch_size=batch_size, seed=seed)
             model.train(datamodule=datamodule, **train_kwargs)
         config.n_batch = model.module.n_batch
-        return cls(model.module.cpu(), config)
+        vae = cls(model.module.cpu(), config)
+        # The ELBO per epoch, as scvi-tools records it (validation only in memory).
+        for key, name in (("vae_loss", "elbo_train"), ("vae_validation_loss", "elbo_validation")):
+            if name in model.history:
+                vae.curves[key] = [float(v) for v in np.asarray(model.history[name]).ravel()]
+        return vae
 
     def encode(self, matrix, batch: np.ndarray | None = None, *, batch_size: int = 4096) -> np.ndarray:
         """Posterior mean of the latent for each cell (``cells x n_latent``)."""
