@@ -59,6 +59,7 @@ from ._paths import (
 # "table" needs a pandas DataFrame of token features, which a command line cannot pass.
 CLI_TOKEN_EMBEDDINGS = tuple(e for e in TOKEN_EMBEDDINGS if e != "table")
 SPLITS = ("combinations", "singles", "covariate_transfer")  # cellflow.evaluation._run.SPLITS (imports pandas)
+EXPORT_FORMATS = ("cell-eval",)  # formats of `cellflow benchmark --export`
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -297,6 +298,14 @@ def _add_benchmark_options(bench: argparse.ArgumentParser) -> None:
     bench.add_argument("--accelerator", default="auto")
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--quiet", action="store_true")
+    bench.add_argument(
+        "--export",
+        nargs=2,
+        default=None,
+        metavar=("FORMAT", "FOLDER"),
+        help=f"also write the held-out real cells and every method's predictions to FOLDER as files of "
+        f"FORMAT ({', '.join(EXPORT_FORMATS)}: .h5ad files that `cell-eval run` scores); files there are replaced",
+    )
 
 
 def _benchmark(args: argparse.Namespace) -> None:
@@ -307,6 +316,15 @@ def _benchmark(args: argparse.Namespace) -> None:
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {args.out} is a file; benchmark writes a directory of results.")
     check_writable_dir(out, f"--out {args.out}")
+    export = None
+    if args.export is not None:
+        export_format, export = args.export
+        if export_format not in EXPORT_FORMATS:
+            raise ValueError(f"--export takes FORMAT FOLDER, FORMAT one of {EXPORT_FORMATS}; got {export_format!r}.")
+        folder = Path(export)
+        if folder.exists() and not folder.is_dir():
+            raise FileExistsError(f"--export folder {export} is a file; pass a folder.")
+        check_writable_dir(folder, f"--export folder {export}")  # before training, not after
 
     from ..evaluation import run_benchmark
 
@@ -326,4 +344,5 @@ def _benchmark(args: argparse.Namespace) -> None:
         seed=args.seed,
         accelerator=args.accelerator,
         progress=not args.quiet,
+        export_cell_eval=export,
     )

@@ -10,6 +10,7 @@ from ._baselines import (
     conditions_frame,
 )
 from ._demo import run_demo
+from ._export import export_cell_eval
 from ._harness import score_held_out, score_reconstruction, summary_table
 from ._latent import LatentArithmeticBaseline
 from ._linear import LinearBaseline
@@ -35,6 +36,7 @@ __all__ = [
     "TrainingMeanBaseline",
     "available_baselines",
     "conditions_frame",
+    "export_cell_eval",
     "run_benchmark",
     "run_demo",
     "score_held_out",

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..metrics import VCC_METRICS, vcc_score
+
 #: Scored metrics and whether higher is better.
 HIGHER_IS_BETTER = {
     "pearson_delta": True,
@@ -15,7 +17,13 @@ HIGHER_IS_BETTER = {
     "r2": True,
     "energy_distance": False,
     "mse_top20": False,
+    "overlap_at_N": True,
+    "discrimination_score_l1": True,
+    "mae": False,
 }
+#: The method whose means the Virtual Cell Challenge score is relative to: the average
+#: perturbation, the benchmark's counterpart of the challenge's cell-mean baseline.
+VCC_REFERENCE = "training_mean"
 METHOD_ORDER = ["cellflow", "latent_arithmetic", "linear", "additive", "training_mean", "control", "noise_floor"]
 
 
@@ -37,6 +45,25 @@ def _markdown(table: pd.DataFrame, digits: int = 3) -> str:
 
     lines = ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
     return "\n".join([header, rule, *lines])
+
+
+def with_vcc_score(means: pd.DataFrame, reference: str = VCC_REFERENCE) -> pd.DataFrame:
+    """``means`` (methods x metrics) with a ``vcc_score`` column against ``reference``'s row, when both are there.
+
+    The score is :func:`cellflow.metrics.vcc_score` of each method's means of
+    ``overlap_at_N``, ``discrimination_score_l1`` and ``mae``; the reference itself scores 0.
+    Without the reference method or these metrics the table is returned unchanged.
+    """
+    if reference not in means.index or not all(m in means.columns for m in VCC_METRICS):
+        return means
+    base = means.loc[reference, list(VCC_METRICS)]
+    if base.isna().any():
+        return means
+    scores = {
+        method: vcc_score(row, base)["avg_score"] if row.notna().all() else np.nan
+        for method, row in means[list(VCC_METRICS)].iterrows()
+    }
+    return means.assign(vcc_score=pd.Series(scores))
 
 
 def losses(results: pd.DataFrame, metrics: Sequence[str]) -> list[str]:
@@ -84,15 +111,20 @@ def write_report(
     out = Path(out)
     metrics = [m for m in HIGHER_IS_BETTER if m in results.columns]
     order = _order(results["method"])
-    means = results.groupby("method")[metrics].mean().reindex(order)
+    means = with_vcc_score(results.groupby("method")[metrics].mean().reindex(order))
     lines = ["# cellflow benchmark", ""]
     lines += [f"- {k}: {v}" for k, v in description.items()]
-    lines += ["", "Higher is better for pearson_delta, pearson_delta_top20 and r2; lower for energy_distance and"]
-    lines += ["mse_top20. noise_floor: half of the real cells predicting the other half.", ""]
+    higher = ", ".join(m for m, up in HIGHER_IS_BETTER.items() if up)
+    lower = ", ".join(m for m, up in HIGHER_IS_BETTER.items() if not up)
+    lines += ["", f"Higher is better for {higher} and vcc_score; lower for {lower}."]
+    lines += ["noise_floor: half of the real cells predicting the other half. overlap_at_N (differential"]
+    lines += ["expression score), discrimination_score_l1 (among the held-out conditions of a context) and mae"]
+    lines += ["are the Virtual Cell Challenge's metrics as cell-eval computes them; vcc_score combines their"]
+    lines += [f"means as the challenge does, relative to {VCC_REFERENCE} (0: no better on any; 1: perfect).", ""]
     lines += ["## Mean over held-out conditions", "", _markdown(means), ""]
     if "kind" in results.columns and results["kind"].nunique() > 1:
         for kind, part in results.groupby("kind"):
-            table = part.groupby("method")[metrics].mean().reindex(_order(part["method"]))
+            table = with_vcc_score(part.groupby("method")[metrics].mean().reindex(_order(part["method"])))
             lines += [f"### {kind}", "", _markdown(table), ""]
     lines += ["## Where cellflow loses to a baseline", ""]
     ours = results[results["method"] == "cellflow"]

@@ -15,6 +15,7 @@ import cellflow as cf
 from ..metrics import log_normalize
 from ..tl import generate
 from ._baselines import AdditiveBaseline, ControlBaseline, TrainingMeanBaseline, conditions_frame
+from ._export import export_cell_eval
 from ._latent import LatentArithmeticBaseline
 from ._linear import LinearBaseline
 from ._report import write_report
@@ -44,6 +45,7 @@ def run_benchmark(
     seed: int = 0,
     accelerator: str = "auto",
     progress: bool = True,
+    export_cell_eval: str | Path | None = None,
 ) -> pd.DataFrame:
     """Hold out conditions, train CellFlow and the baselines, predict, score, and write a report.
 
@@ -68,18 +70,30 @@ def run_benchmark(
         Model and training options (:class:`cellflow.CellFlow`); ``None`` keeps its default.
     progress
         Print progress lines.
+    export_cell_eval
+        Folder to also write the held-out real cells and every method's predictions to, as
+        ``.h5ad`` files that ``cell-eval run`` scores (:func:`~cellflow.evaluation.export_cell_eval`:
+        ``real.h5ad``, ``pred_<method>.h5ad``, log-normalised, with a ``celltype`` column when
+        there are covariates). A method that could not predict every held-out condition is
+        not written. Files already there are replaced.
 
     Returns
     -------
     One row per method, held-out condition and context: the metrics of
-    :class:`~cellflow.evaluation._scoring.ConditionScorer` and ``note`` (why a method
-    could not predict a condition). Methods: ``cellflow``, every baseline, ``noise_floor``.
+    :class:`~cellflow.evaluation._scoring.ConditionScorer`, ``discrimination_score_l1``
+    (cell-eval's perturbation discrimination score among the held-out conditions of the
+    context, :meth:`~cellflow.evaluation.ConditionScorer.discrimination`) and ``note`` (why a
+    method could not predict a condition). Methods: ``cellflow``, every baseline,
+    ``noise_floor``. The report adds each method's Virtual Cell Challenge score against
+    ``training_mean`` (:func:`cellflow.metrics.vcc_score`).
     """
     import anndata as ad
 
     say = print if progress else (lambda *a, **k: None)
     if split not in SPLITS:
         raise ValueError(f"split={split!r} must be one of {SPLITS}.")
+    if export_cell_eval is not None and Path(export_cell_eval).is_file():
+        raise FileExistsError(f"export_cell_eval={str(export_cell_eval)!r} is a file; pass a folder.")
     keys = list(covariate_keys)
     if split == "covariate_transfer" and not keys:
         raise ValueError("split='covariate_transfer' needs covariate_keys (e.g. ['cell_type']).")
@@ -127,15 +141,22 @@ def run_benchmark(
 
     say("[4/5] Predicting and scoring the held-out conditions")
     tic = time.perf_counter()
-    results, changes = _score(adata, frame, chosen, model, baselines, keys, control, seed, say)
+    results, changes, cells = _score(adata, frame, chosen, model, baselines, keys, control, seed, say)
     times["predict and score"] = time.perf_counter() - tic
     results["kind"] = results["condition"].map(chosen.kind)
-    times["total"] = time.perf_counter() - start
 
     say("[5/5] Writing results.csv, report.md and plots")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results.to_csv(out / "results.csv", index=False)
+    exported = None
+    if export_cell_eval is not None:  # after results.csv, so that a failed export loses no scores
+        tic = time.perf_counter()
+        exported = _export(cells, adata.var_names, keys, control, export_cell_eval)
+        times["export for cell-eval"] = time.perf_counter() - tic
+        written = ", ".join(p.name for p in exported.values()) or "nothing (no method predicted every condition)"
+        say(f"      wrote {written} to {export_cell_eval} for cell-eval")
+    times["total"] = time.perf_counter() - start
     description = {
         "data": str(data) if isinstance(data, str | Path) else "AnnData",
         "subset": f"{subset[0]}={subset[1]}" if subset else "all cells",
@@ -145,6 +166,8 @@ def run_benchmark(
         "flow steps": model.flow_config.steps,
         "seed": seed,
     }
+    if exported is not None:
+        description["cell-eval files"] = _cell_eval_command(exported, keys)
     write_report(results, changes, out, description=description, times=times, keys=keys)
     say(f"      wrote {out / 'results.csv'} and {out / 'report.md'} in {times['total']:.0f} s")
     return results
@@ -159,11 +182,12 @@ def _split(frame, split, keys, n_held_out, seed, control) -> Split:
 
 
 def _score(adata, frame, split, model, baselines, keys, control, seed, say):
-    """Rows of scores, and the mean change from control per gene of every prediction (for the plots)."""
+    """Rows of scores, the mean change from control of every prediction (for the plots), and the cells scored."""
     real = log_normalize(adata.X)
-    scorer = ConditionScorer(real)
+    scorer = ConditionScorer(real, gene_names=adata.var_names)
     labels = frame["condition"].to_numpy()
-    rows, changes = [], []
+    rows, changes, profiles = [], [], []
+    cells = _Cells()
     for condition in split.held_out:
         in_condition = labels == condition
         if split.contexts and condition in split.contexts:
@@ -176,6 +200,9 @@ def _score(adata, frame, split, model, baselines, keys, control, seed, say):
                 where &= frame[key].to_numpy() == value
             truth, controls = real[in_condition & where], real[(labels == control) & where]
             label = {"condition": condition, **{k: context.get(k) for k in keys}, "n_cells": len(truth)}
+            context_key = tuple(str(context.get(k)) for k in keys)
+            cells.real.append((truth, condition, context_key))
+            cells.controls[context_key] = controls
             predictions: dict[str, np.ndarray | str] = {}
             try:
                 pred = generate(model, conditions=[condition], n_cells=len(truth), covariates=context, seed=seed)
@@ -189,15 +216,90 @@ def _score(adata, frame, split, model, baselines, keys, control, seed, say):
                     )
                 except ValueError as error:
                     predictions[baseline.name] = str(error).splitlines()[0][:200]
-            true_change = truth.mean(axis=0) - controls.mean(axis=0)
+            control_mean = controls.mean(axis=0)
+            true_change = truth.mean(axis=0) - control_mean
             for method, pred in predictions.items():
                 if isinstance(pred, str):  # the method cannot predict this condition
                     rows.append({"method": method, **label, "note": pred})
+                    cells.predictions.setdefault(method, []).append(None)
                     continue
                 rows.append({"method": method, **label, **scorer.score(pred, truth, controls)})
-                changes.append(
-                    {"method": method, **label, "true": true_change, "pred": pred.mean(axis=0) - controls.mean(axis=0)}
-                )
-            rows.append({"method": "noise_floor", **label, **scorer.noise_floor(truth, controls, seed=seed)})
+                pred_change = pred.mean(axis=0) - control_mean
+                changes.append({"method": method, **label, "true": true_change, "pred": pred_change})
+                profiles.append((len(rows) - 1, method, context_key, condition, pred_change, true_change))
+                cells.predictions.setdefault(method, []).append((pred, condition, context_key))
+            first, second = scorer.halves(truth, seed=seed)
+            rows.append({"method": "noise_floor", **label, **scorer.score(first, second, controls)})
+            noise_changes = (first.mean(axis=0) - control_mean, second.mean(axis=0) - control_mean)
+            profiles.append((len(rows) - 1, "noise_floor", context_key, condition, *noise_changes))
             say(f"      scored {condition} {context or ''}")
-    return pd.DataFrame(rows), changes
+    _discrimination(rows, profiles, scorer)
+    return pd.DataFrame(rows), changes, cells
+
+
+def _discrimination(rows: list[dict], profiles: list[tuple], scorer: ConditionScorer) -> None:
+    """Add ``discrimination_score_l1`` to the rows: each method's conditions ranked among those of their context."""
+    groups: dict[tuple, list[tuple]] = {}
+    for row, method, context_key, condition, pred_change, true_change in profiles:
+        groups.setdefault((method, context_key), []).append((row, condition, pred_change, true_change))
+    for members in groups.values():
+        if len(members) < 2:  # one condition has nothing to be told apart from
+            continue
+        row_ids, conditions, pred_changes, true_changes = zip(*members)
+        scores = scorer.discrimination(conditions, np.stack(pred_changes), np.stack(true_changes))
+        for row, value in zip(row_ids, scores):
+            rows[row]["discrimination_score_l1"] = float(value)
+
+
+class _Cells:
+    """The cells scored, kept for the export: real cells and predictions per condition, control cells per context."""
+
+    def __init__(self) -> None:
+        self.real: list[tuple[np.ndarray, str, tuple]] = []
+        self.controls: dict[tuple, np.ndarray] = {}
+        self.predictions: dict[str, list[tuple[np.ndarray, str, tuple] | None]] = {}
+
+
+def _export(cells: _Cells, genes, keys, control: str, folder) -> dict:
+    """Write the held-out real cells and every complete prediction for cell-eval."""
+    import anndata as ad
+    from scipy import sparse
+
+    def assemble(parts) -> ad.AnnData:
+        obs = pd.DataFrame(
+            {
+                "perturbation": np.concatenate([[condition] * len(x) for x, condition, _ in parts]),
+                "context": np.concatenate([["|".join(context)] * len(x) for x, _, context in parts]),
+            }
+        )
+        obs.index = obs.index.astype(str)
+        matrix = sparse.vstack([sparse.csr_matrix(x, dtype=np.float32) for x, _, _ in parts], format="csr")
+        return ad.AnnData(matrix, obs=obs, var=pd.DataFrame(index=pd.Index(genes)))
+
+    controls = [(x, control, context) for context, x in cells.controls.items()]
+    real = assemble(cells.real + controls)
+    predictions = {
+        method: assemble(parts) for method, parts in cells.predictions.items() if all(p is not None for p in parts)
+    }
+    if not predictions:  # cell-eval needs a prediction of every held-out condition
+        return {}
+    return export_cell_eval(
+        predictions,
+        real,
+        folder,
+        perturbation_key="perturbation",
+        control=control,
+        celltype_key="context" if keys else None,
+        counts=False,
+        overwrite=True,
+    )
+
+
+def _cell_eval_command(exported: dict, keys) -> str:
+    """Where the files for cell-eval are and how to score one of them (a line of the report)."""
+    if not exported:
+        return "none written: no method predicted every held-out condition"
+    real = exported["real"]
+    pred = exported.get("pred_cellflow", next(p for name, p in exported.items() if name != "real"))
+    celltype = " --celltype-col celltype" if keys else ""
+    return f"`cell-eval run -ap {pred} -ar {real} --profile vcc{celltype}` (one pred_<method>.h5ad per method)"

@@ -1,11 +1,17 @@
 """Evaluation metrics for predicted perturbation responses, on numpy arrays and scipy.sparse matrices."""
 
+from ._de import de_scores, differential_expression, differential_expression_score
 from ._distances import energy_distance, mmd_rbf, wasserstein
 from ._expression import mae_mean, mse_mean, pearson_delta, r2_mean, top_de_genes
 from ._normalize import log_normalize, pca_project
 from ._ranking import discrimination_score, top_de_overlap
+from ._vcc import VCC_METRICS, vcc_score
 
 __all__ = [
+    "VCC_METRICS",
+    "de_scores",
+    "differential_expression",
+    "differential_expression_score",
     "discrimination_score",
     "energy_distance",
     "log_normalize",
@@ -17,5 +23,6 @@ __all__ = [
     "r2_mean",
     "top_de_genes",
     "top_de_overlap",
+    "vcc_score",
     "wasserstein",
 ]

@@ -7,10 +7,13 @@ import numpy as np
 from ._normalize import _as_dense_2d, _check_same_n_features
 
 _SCIPY_METRICS = {"l1": "cityblock", "l2": "euclidean", "cosine": "cosine"}
+_CONVENTIONS = ("cellflow", "cell_eval")
 
 
-def discrimination_score(pred_deltas, true_deltas, *, metric: str = "l1") -> np.ndarray:
-    r"""Normalised rank of each condition's true profile among all true profiles, by distance to its prediction.
+def discrimination_score(
+    pred_deltas, true_deltas, *, metric: str = "l1", exclude=None, convention: str = "cellflow"
+) -> np.ndarray:
+    r"""Rank of each condition's true profile among all true profiles, by distance to its prediction.
 
     Parameters
     ----------
@@ -21,18 +24,30 @@ def discrimination_score(pred_deltas, true_deltas, *, metric: str = "l1") -> np.
         Conditions x genes: the true profiles, same shape and row order; at least 2 conditions.
     metric
         Distance between profiles: ``"l1"`` (sum of absolute differences), ``"l2"`` (Euclidean)
-        or ``"cosine"`` (1 - cosine similarity; profiles must not be all zero).
+        or ``"cosine"`` (1 - cosine similarity; profiles must not be all zero, except with
+        ``convention="cell_eval"``, where an all-zero profile is at distance 1 from every
+        other, as in scikit-learn).
+    exclude
+        Boolean conditions x genes: ``exclude[i, g]`` leaves gene ``g`` out of every distance
+        to prediction ``i``. The Virtual Cell Challenge leaves out each perturbation's target
+        gene, whose knock-down would otherwise give the perturbation away:
+        ``exclude = np.asarray(gene_names)[None, :] == np.asarray(conditions)[:, None]``.
+    convention
+        ``"cellflow"``: the rank divided by :math:`n - 1`, ties counted as half; 0 is best,
+        0.5 the expectation of a random prediction. ``"cell_eval"``: cell-eval's
+        ``discrimination_score_l1`` (``_l2``, ``_cosine``), :math:`1 - \mathrm{rank} / n`; 1 is
+        best, :math:`1/n` worst.
 
     Returns
     -------
     numpy.ndarray
-        One score per condition in [0, 1]: 0 when the true profile of condition ``i`` is the closest
-        to its prediction, 1 when it is the furthest, 0.5 on average for a random prediction.
+        One score per condition.
 
     Notes
     -----
     With :math:`d_{ij} = d(\hat{\delta}_i, \delta_j)` the distance between prediction :math:`i`
-    and true profile :math:`j`, over :math:`n` conditions,
+    and true profile :math:`j` (over the genes not excluded for :math:`i`), over :math:`n`
+    conditions, the ``"cellflow"`` score is
 
     .. math::
 
@@ -41,6 +56,14 @@ def discrimination_score(pred_deltas, true_deltas, *, metric: str = "l1") -> np.
     i.e. the rank of the true condition among all true conditions (0-based, ties counted as
     half) divided by :math:`n - 1`. Ties counted as half keep the expected score of a
     prediction that carries no information at exactly 0.5.
+
+    The ``"cell_eval"`` score is :math:`1 - r_i / n` with :math:`r_i` the position of
+    :math:`i` in ``numpy.argsort`` of :math:`(d_{i1}, \dots, d_{in})`: without ties
+    :math:`r_i = \#\{j : d_{ij} < d_{ii}\}`, so it is :math:`1 - s_i (n - 1) / n`; tied
+    distances are ordered by ``numpy.argsort``, as in cell-eval. In cell-eval the conditions
+    are the perturbations sorted by name and the profiles are pseudobulk deltas (mean
+    log-normalised expression minus that of the control cells, the prediction's own control
+    cells for the prediction).
     """
     from scipy.spatial.distance import cdist
 
@@ -57,15 +80,44 @@ def discrimination_score(pred_deltas, true_deltas, *, metric: str = "l1") -> np.
         raise ValueError(f"A discrimination score needs at least 2 conditions, got {n_conditions}.")
     if metric not in _SCIPY_METRICS:
         raise ValueError(f"`metric` must be one of {sorted(_SCIPY_METRICS)}, got {metric!r}.")
-    if metric == "cosine":
-        for name, arr in (("pred_deltas", pred), ("true_deltas", truth)):
-            if np.any(np.linalg.norm(arr, axis=1) == 0):
-                raise ValueError(f"`{name}` has an all-zero row, for which the cosine distance is undefined.")
-    distances = cdist(pred, truth, metric=_SCIPY_METRICS[metric])  # (n_conditions, n_conditions)
+    if convention not in _CONVENTIONS:
+        raise ValueError(f"`convention` must be one of {_CONVENTIONS}, got {convention!r}.")
+    keep = np.ones(pred.shape, dtype=bool)
+    if exclude is not None:
+        mask = np.asarray(exclude)
+        if mask.dtype != bool or mask.shape != pred.shape:
+            raise ValueError(
+                f"`exclude` must be a boolean conditions x genes mask of shape {pred.shape}, "
+                f"got dtype {mask.dtype} and shape {mask.shape}."
+            )
+        keep = ~mask
+        if not keep.any(axis=1).all():
+            raise ValueError("`exclude` leaves out every gene of some condition; keep at least one gene per condition.")
+    distances = np.empty((n_conditions, n_conditions))
+    for i in range(n_conditions):  # prediction i against every true profile, on the genes kept for i
+        pred_i, truth_i = pred[i : i + 1, keep[i]], truth[:, keep[i]]
+        if metric == "cosine" and convention == "cell_eval":
+            distances[i] = _sklearn_cosine(pred_i, truth_i)[0]
+            continue
+        if metric == "cosine":
+            for name, arr in (("pred_deltas", pred_i), ("true_deltas", truth_i)):
+                if np.any(np.linalg.norm(arr, axis=1) == 0):
+                    raise ValueError(f"`{name}` has an all-zero row, for which the cosine distance is undefined.")
+        distances[i] = cdist(pred_i, truth_i, metric=_SCIPY_METRICS[metric])[0]
+    if convention == "cell_eval":
+        ranks = np.array([np.flatnonzero(np.argsort(distances[i]) == i)[0] for i in range(n_conditions)])
+        return 1.0 - ranks / n_conditions
     own = np.diag(distances)[:, None]
     closer = np.sum(distances < own, axis=1)
     ties = np.sum(distances == own, axis=1) - 1  # the condition itself always ties
     return (closer + 0.5 * ties) / (n_conditions - 1)
+
+
+def _sklearn_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``sklearn.metrics.pairwise.cosine_distances``: an all-zero row is at distance 1 from everything."""
+    norm_a, norm_b = np.linalg.norm(a, axis=1, keepdims=True), np.linalg.norm(b, axis=1, keepdims=True)
+    a, b = a / np.where(norm_a == 0, 1.0, norm_a), b / np.where(norm_b == 0, 1.0, norm_b)
+    return np.clip(1.0 - a @ b.T, 0.0, 2.0)
 
 
 def _matrix_and_names(x, name: str):

@@ -55,3 +55,25 @@ def test_score_reconstruction_keeps_the_effects_the_control_cells_lack(screen, t
     assert ours["pearson_delta_top20"].mean() > 0.5
     with pytest.raises(ValueError, match="batch_key"):
         score_reconstruction(SimpleNamespace(config=SimpleNamespace(batch_key="batch")), train, frame)
+
+
+def test_scorer_adds_the_virtual_cell_challenge_metrics():
+    rng = np.random.default_rng(0)
+    control = np.log1p(rng.poisson(5.0, (40, 12)).astype(float))
+    truth = np.log1p(rng.poisson(np.r_[[20.0] * 3, [5.0] * 9], (40, 12)).astype(float))
+    scorer = ConditionScorer(np.vstack([control, truth]), top_k=5, gene_names=[f"g{i}" for i in range(12)])
+    perfect, unchanged = scorer.score(truth, truth, control), scorer.score(control, truth, control)
+    assert perfect["mae"] == 0.0 and perfect["overlap_at_N"] == 1.0
+    assert unchanged["overlap_at_N"] == 0.0
+    assert unchanged["mae"] == pytest.approx(np.abs(control.mean(0) - truth.mean(0)).mean())
+    assert np.isnan(scorer.score(truth - 3.0, truth, control)["overlap_at_N"])  # not log-normalised
+    # Discrimination leaves out the gene named like the condition: "g0" is predicted without its own
+    # (large) change in g0, and would otherwise look closer to "g1".
+    true_changes = np.array([[5.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
+    pred_changes = np.array([[0.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
+    three = ConditionScorer(rng.normal(size=(10, 3)), gene_names=["g0", "g1", "g2"])
+    np.testing.assert_array_equal(three.discrimination(["g0", "g1"], pred_changes, true_changes), [1.0, 1.0])
+    unnamed = ConditionScorer(rng.normal(size=(10, 3)))
+    np.testing.assert_array_equal(unnamed.discrimination(["g0", "g1"], pred_changes, true_changes), [0.5, 1.0])
+    with pytest.raises(ValueError, match="gene_names"):
+        ConditionScorer(rng.normal(size=(10, 3)), gene_names=["g0"])

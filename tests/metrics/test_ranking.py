@@ -64,6 +64,48 @@ def test_discrimination_errors():
         discrimination_score(np.eye(2), np.eye(2), metric="l3")
     with pytest.raises(ValueError, match="all-zero row"):
         discrimination_score(np.zeros((2, 2)), np.eye(2), metric="cosine")
+    with pytest.raises(ValueError, match="convention"):
+        discrimination_score(np.eye(2), np.eye(2), convention="vcc")
+    with pytest.raises(ValueError, match="boolean conditions x genes"):
+        discrimination_score(np.eye(2), np.eye(2), exclude=np.zeros((2, 3), dtype=bool))
+    with pytest.raises(ValueError, match="boolean conditions x genes"):
+        discrimination_score(np.eye(2), np.eye(2), exclude=np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="every gene"):
+        discrimination_score(np.eye(2), np.eye(2), exclude=np.array([[True, True], [False, False]]))
+
+
+def test_discrimination_cell_eval_convention_by_hand():
+    # 1-D profiles 0, 1, 3, 7 predicted as 0.4, 3.6, 3.1, 5.5 (no tied distances):
+    # pred 0.4 for true 0: distances 0.4, 0.6, 2.6, 6.6 -> rank 0 -> 1 - 0/4 = 1
+    # pred 3.6 for true 1: distances 3.6, 2.6, 0.6, 3.4 -> true 1 is second (rank 1) -> 1 - 1/4 = 0.75
+    # pred 3.1 for true 3: rank 0 -> 1;  pred 5.5 for true 7: distances 5.5, 4.5, 2.5, 1.5 -> rank 0 -> 1
+    truth = np.array([[0.0], [1.0], [3.0], [7.0]])
+    pred = np.array([[0.4], [3.6], [3.1], [5.5]])
+    np.testing.assert_allclose(discrimination_score(pred, truth, convention="cell_eval"), [1.0, 0.75, 1.0, 1.0])
+    # The same ranks in cellflow's convention: rank / (n - 1), lower is better.
+    np.testing.assert_allclose(discrimination_score(pred, truth), [0.0, 1 / 3, 0.0, 0.0])
+
+
+def test_discrimination_exclude_leaves_out_the_target_gene():
+    # Condition "A" knocks gene A down and moves gene C by 1; "B" moves gene C by 1.2. The prediction
+    # for A gets gene C right but misses the knock-down: with gene A counted, B's true profile is
+    # closer to it than A's; with each condition's own gene left out, it is exact.
+    genes = np.array(["A", "B", "C"])
+    conditions = np.array(["A", "B"])
+    truth = np.array([[-5.0, 0.0, 1.0], [0.0, 0.0, 1.2]])
+    pred = np.array([[0.0, 0.0, 1.0], [0.0, 0.0, 1.2]])
+    exclude = genes[None, :] == conditions[:, None]
+    np.testing.assert_allclose(discrimination_score(pred, truth, convention="cell_eval"), [0.5, 1.0])
+    np.testing.assert_allclose(discrimination_score(pred, truth, exclude=exclude, convention="cell_eval"), [1.0, 1.0])
+
+
+def test_discrimination_cell_eval_cosine_takes_a_zero_profile_as_distance_one():
+    # scikit-learn's cosine distance (cell-eval's): an all-zero prediction is at distance 1 from every
+    # true profile, so the tie keeps argsort's order; cellflow's convention refuses it.
+    truth = np.array([[1.0, 0.0], [0.0, 1.0]])
+    pred = np.array([[1.0, 0.1], [0.0, 0.0]])
+    scores = discrimination_score(pred, truth, metric="cosine", convention="cell_eval")
+    assert scores[0] == 1.0 and scores[1] in (0.5, 1.0)
 
 
 # ---- top DE gene overlap -------------------------------------------------------------------------
