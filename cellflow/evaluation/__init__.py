@@ -3,6 +3,7 @@
 from ._baselines import (
     AdditiveBaseline,
     Baseline,
+    CellMeanBaseline,
     ControlBaseline,
     PerturbationMeanBaseline,
     TrainingMeanBaseline,
@@ -33,6 +34,7 @@ __all__ = [
     "LinearBaseline",
     "PerturbationMeanBaseline",
     "Split",
+    "CellMeanBaseline",
     "TrainingMeanBaseline",
     "available_baselines",
     "conditions_frame",

@@ -165,9 +165,36 @@ class TrainingMeanBaseline(Baseline):
         return np.clip(self.expression[np.random.default_rng(seed).choice(controls, n_cells)] + shift, 0.0, None)
 
 
+class CellMeanBaseline(Baseline):
+    """The Virtual Cell Challenge's baseline: every cell is the mean of the training pseudobulks.
+
+    In a context: the mean over every training condition (the control included) of its mean
+    log-normalised expression, repeated ``n_cells`` times (constant cells, no spread), as
+    ``cell_eval.build_base_mean_adata`` builds it; over all contexts when the context has
+    no training cells. The challenge's combined score is normalised against it
+    (:func:`cellflow.metrics.vcc_score`).
+    """
+
+    name = "cell_mean"
+
+    def fit(self, adata: AnnData) -> CellMeanBaseline:  # noqa: D102
+        super().fit(adata)
+        pseudobulks: dict[str, list[np.ndarray]] = {}
+        for context in np.unique(self.contexts):
+            for label in np.unique(self.labels[self.contexts == context]):
+                pseudobulks.setdefault(context, []).append(self.expression[self._cells(label, context)].mean(axis=0))
+        self.mean = {context: np.mean(bulks, axis=0) for context, bulks in pseudobulks.items()}
+        self.overall = np.mean([b for bulks in pseudobulks.values() for b in bulks], axis=0)
+        return self
+
+    def predict(self, condition, *, covariates=None, n_cells=500, seed=0):  # noqa: D102
+        profile = self.mean.get(self._context(covariates), self.overall)
+        return np.tile(profile, (n_cells, 1))
+
+
 def available_baselines() -> dict[str, type[Baseline]]:
     """The baselines by name."""
-    classes = (ControlBaseline, PerturbationMeanBaseline, AdditiveBaseline, TrainingMeanBaseline)
+    classes = (ControlBaseline, PerturbationMeanBaseline, AdditiveBaseline, TrainingMeanBaseline, CellMeanBaseline)
     return {cls.name: cls for cls in classes}
 
 

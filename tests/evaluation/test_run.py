@@ -32,7 +32,16 @@ def test_cli_benchmark_end_to_end(tiny_file, tmp_path, capsys):
     assert main([*args, "--accelerator", "cpu", "--export", "cell-eval", str(exported)]) == 0
     assert "[5/5]" in capsys.readouterr().out  # progress lines
     results = pd.read_csv(out / "results.csv")
-    methods = {"cellflow", "control", "additive", "training_mean", "linear", "latent_arithmetic", "noise_floor"}
+    methods = {
+        "cellflow",
+        "control",
+        "additive",
+        "training_mean",
+        "cell_mean",
+        "linear",
+        "latent_arithmetic",
+        "noise_floor",
+    }
     assert set(results["method"]) == methods
     held = set(results["condition"])
     assert held and all("+" in c for c in held)
@@ -49,7 +58,7 @@ def test_cli_benchmark_end_to_end(tiny_file, tmp_path, capsys):
     assert (results["discrimination_score_l1"] <= 1).all()
     report = (out / "report.md").read_text()
     assert "## Mean over held-out conditions" in report and "## Time taken" in report
-    assert "vcc_score" in report and "relative to training_mean" in report
+    assert "vcc_score" in report and "relative to cell_mean" in report
     assert "## Where cellflow loses to a baseline" in report
     for plot in ("per_condition_pearson_delta.png", "per_condition_energy_distance.png", "changes.png"):
         assert (out / plot).stat().st_size > 1000
@@ -101,19 +110,19 @@ def test_loss_sentences_follow_the_metric_direction():
     assert "0.500 vs 0.150" in sentences[0]
 
 
-def test_vcc_score_column_is_relative_to_training_mean():
+def test_vcc_score_column_is_relative_to_the_cell_mean_baseline():
     from cellflow.evaluation._report import with_vcc_score
 
     means = pd.DataFrame(
         {"overlap_at_N": [0.6, 0.2, np.nan], "discrimination_score_l1": [0.9, 0.5, 0.7], "mae": [0.1, 0.2, 0.1]},
-        index=["cellflow", "training_mean", "linear"],
+        index=["cellflow", "cell_mean", "linear"],
     )
     table = with_vcc_score(means)
     # cellflow: (0.6 - 0.2) / 0.8, (0.9 - 0.5) / 0.5, 1 - 0.1 / 0.2 -> mean of 0.5, 0.8, 0.5
     assert table.loc["cellflow", "vcc_score"] == pytest.approx(0.6)
-    assert table.loc["training_mean", "vcc_score"] == 0.0
+    assert table.loc["cell_mean", "vcc_score"] == 0.0
     assert np.isnan(table.loc["linear", "vcc_score"])  # a metric missing: no combined score
-    assert "vcc_score" not in with_vcc_score(means.drop(index="training_mean")).columns
+    assert "vcc_score" not in with_vcc_score(means.drop(index="cell_mean")).columns
 
 
 def test_report_says_when_cellflow_predicts_nothing(tmp_path):
