@@ -139,7 +139,8 @@ def _run_and_signal(data_file: Path, out: Path, signum: int) -> tuple[int, str]:
         try:
             deadline = time.monotonic() + 90
             while process.poll() is None and time.monotonic() < deadline:
-                if "Epoch 2/" in stdout.read_text() + stderr.read_text():  # the progress bar: training has started
+                if "training on 300 cells" in stdout.read_text():  # printed as training starts
+                    time.sleep(1.0)
                     break
                 time.sleep(0.2)
             running = process.poll() is None

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from .. import __version__
 from .._constants import COUPLINGS, LIKELIHOODS, PRECISIONS, SOLVER_METHODS, TOKEN_EMBEDDINGS
+from ._config import expand_config
 from ._errors import (
     EXIT_CODES,
     EXIT_OK,
@@ -59,12 +60,18 @@ from ._paths import (
 # "table" needs a pandas DataFrame of token features, which a command line cannot pass.
 CLI_TOKEN_EMBEDDINGS = tuple(e for e in TOKEN_EMBEDDINGS if e != "table")
 SPLITS = ("combinations", "singles", "covariate_transfer")  # cellflow.evaluation._run.SPLITS (imports pandas)
+QUIET_HELP = "no progress output (there is none either when stderr is not a terminal, e.g. in a CI log)"
 EXPORT_FORMATS = ("cell-eval",)  # formats of `cellflow benchmark --export`
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cellflow`` command; returns the exit code (see the module docstring)."""
     parser = _parser()
+    try:
+        argv = expand_config(sys.argv[1:] if argv is None else argv, _verb_parsers(parser))
+    except CommandError as error:
+        print(f"cellflow: error: {one_line(error)}", file=sys.stderr)
+        return EXIT_USER_ERROR
     try:
         args = parser.parse_args(argv)
     except SystemExit as done:  # --help, --version (0) or a usage error (2, message printed by argparse)
@@ -112,6 +119,12 @@ def _parser() -> argparse.ArgumentParser:
     # --debug is also accepted after the verb; SUPPRESS keeps the subparser from resetting the global one.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument(
+        "--config",
+        metavar="FILE",
+        help="this verb's options from a TOML or YAML file (name = value, names as below); "
+        "options on the command line win",
+    )
     verbs = parser.add_subparsers(dest="verb")
 
     def verb(name: str, summary: str) -> argparse.ArgumentParser:
@@ -125,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--flow-steps", type=int, default=None, help="default: the library's")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", default=None, help="directory for results.csv and the trained model")
-    demo.add_argument("--quiet", action="store_true", help="no progress output")
+    demo.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     demo.set_defaults(run=_demo)
 
     train = verb("train", "train a model on an .h5ad file and save it")
@@ -152,7 +165,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--precision", default=None, choices=PRECISIONS, help="arithmetic of the flow's training")
     train.add_argument("--seed", type=int, default=None)
-    train.add_argument("--quiet", action="store_true")
+    train.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     train.set_defaults(run=_train)
 
     generate = verb("generate", "generate cells of conditions with a saved model")
@@ -178,6 +191,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _verb_parsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The parser of every verb, by name."""
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(subparsers.choices)
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    """Progress bars only for a person at a terminal: none with --quiet or when stderr is a file or a CI log."""
+    return not args.quiet and sys.stderr.isatty()
+
+
 def _add_setup_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="input .h5ad file (raw counts in X or --layer)")
     parser.add_argument("--perturbation-key", default="perturbation")
@@ -199,6 +223,7 @@ def _demo(args: argparse.Namespace) -> None:
         seed=args.seed,
         out=args.out,
         progress=not args.quiet,
+        progress_bar=_progress(args),
     )
 
 
@@ -232,10 +257,12 @@ def _train(args: argparse.Namespace) -> None:
     model = cf.CellFlow(adata, **_given(architecture))
     flow = {"coupling": args.coupling, "validation_fraction": args.validation_fraction, "precision": args.precision}
     steps = {"vae_epochs": args.vae_epochs, "flow_steps": args.flow_steps, "reflow_rounds": args.reflow_rounds}
+    if not args.quiet:  # a line for logs too, where there are no progress bars
+        print(f"training on {adata.n_obs} cells x {adata.n_vars} genes: {model!r}", flush=True)
     model.train(
         **_given({**steps, "checkpoint_dir": args.checkpoint_dir}),  # checkpoint_dir only when given
         flow_kwargs=_given(flow),
-        progress_bar=not args.quiet,
+        progress_bar=_progress(args),
     )
     model.save(args.out, overwrite=args.overwrite)
     print(f"saved {model!r} to {args.out}")
@@ -297,7 +324,7 @@ def _add_benchmark_options(bench: argparse.ArgumentParser) -> None:
     bench.add_argument("--token-embedding", default=None, choices=CLI_TOKEN_EMBEDDINGS)
     bench.add_argument("--accelerator", default="auto")
     bench.add_argument("--seed", type=int, default=0)
-    bench.add_argument("--quiet", action="store_true")
+    bench.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     bench.add_argument(
         "--export",
         nargs=2,
@@ -344,5 +371,6 @@ def _benchmark(args: argparse.Namespace) -> None:
         seed=args.seed,
         accelerator=args.accelerator,
         progress=not args.quiet,
+        progress_bar=_progress(args),
         export_cell_eval=export,
     )

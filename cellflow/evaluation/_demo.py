@@ -25,6 +25,7 @@ def run_demo(
     seed: int = 0,
     out: str | Path | None = None,
     progress: bool = True,
+    progress_bar: bool | None = None,
 ) -> pd.DataFrame:
     """Simulate a Perturb-seq screen, train cellflow without some conditions, and score its predictions.
 
@@ -44,7 +45,9 @@ def run_demo(
     out
         Directory to write ``results.csv`` and the trained model to (optional).
     progress
-        Print progress and show progress bars.
+        Print a line at each step.
+    progress_bar
+        Show training progress bars (default: as ``progress``).
 
     Returns
     -------
@@ -64,7 +67,7 @@ def run_demo(
 
     say(f"[2/4] Training on {train.n_obs} cells: scvi-tools VAE, then the latent rectified flow (and one reflow)")
     model = cf.CellFlow(train, seed=seed)
-    model.train(flow_steps=flow_steps, progress_bar=progress)
+    model.train(flow_steps=flow_steps, progress_bar=progress if progress_bar is None else progress_bar)
     history = model.history
     say(
         f"      VAE {history['vae_seconds']:.0f} s, flow {history['flow_seconds']:.0f} s, "

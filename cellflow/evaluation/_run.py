@@ -45,6 +45,7 @@ def run_benchmark(
     seed: int = 0,
     accelerator: str = "auto",
     progress: bool = True,
+    progress_bar: bool | None = None,
     export_cell_eval: str | Path | None = None,
 ) -> pd.DataFrame:
     """Hold out conditions, train CellFlow and the baselines, predict, score, and write a report.
@@ -69,7 +70,9 @@ def run_benchmark(
     flow_steps, vae_epochs, latent_dim, token_embedding, seed, accelerator
         Model and training options (:class:`cellflow.CellFlow`); ``None`` keeps its default.
     progress
-        Print progress lines.
+        Print a line at each step.
+    progress_bar
+        Show training progress bars (default: as ``progress``).
     export_cell_eval
         Folder to also write the held-out real cells and every method's predictions to, as
         ``.h5ad`` files that ``cell-eval run`` scores (:func:`~cellflow.evaluation.export_cell_eval`:
@@ -123,7 +126,12 @@ def run_benchmark(
     tic = time.perf_counter()
     architecture = {"latent_dim": latent_dim, "token_embedding": token_embedding}
     model = cf.CellFlow(train, seed=seed, **{k: v for k, v in architecture.items() if v is not None})
-    model.train(flow_steps=flow_steps, vae_epochs=vae_epochs, progress_bar=progress, accelerator=accelerator)
+    model.train(
+        flow_steps=flow_steps,
+        vae_epochs=vae_epochs,
+        progress_bar=progress if progress_bar is None else progress_bar,
+        accelerator=accelerator,
+    )
     times["train cellflow (VAE + flow + reflow)"] = time.perf_counter() - tic
     history = model.history
     say(
