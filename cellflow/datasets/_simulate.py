@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import anndata as ad
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 from ._arguments import check_arguments, resolve_times
-from ._counts import sample_counts
 from ._grn import GeneRegulatoryNetwork, sample_network
 from ._screen_design import allocate_cells, plan_perturbations
+from ._simulate_cells import BLOCK_CELLS, cell_obs, count_blocks
+from ._write import check_chunk_size, check_output, write_chunks
 
 UNS_KEY = "simulation"
 CONTROL = "control"
+_CATEGORICAL = ("perturbation", "cell_type", "dose")
 
 
 def simulate_perturbseq(
@@ -38,6 +42,9 @@ def simulate_perturbseq(
     n_programs: int = 3,
     program_scale: float = 0.3,
     seed: int = 0,
+    out: str | os.PathLike | None = None,
+    chunk_size: int = 10_000,
+    overwrite: bool = False,
 ) -> ad.AnnData:
     """Simulate a Perturb-seq screen (single and combined perturbations) from a gene-regulatory network.
 
@@ -95,10 +102,25 @@ def simulate_perturbseq(
     seed
         Seed of the random generator; the network depends only on the seed, ``n_genes``,
         ``n_cell_types`` and the network options.
+    out
+        Write the screen to this ``.h5ad`` or ``.zarr`` path instead of building it in memory,
+        for screens larger than memory: the cells are drawn and written ``chunk_size`` at a
+        time, so memory holds one chunk (and 4 bytes per cell for its condition), never the
+        whole count matrix. The cells are the same as without ``out``, whatever ``chunk_size``.
+        The file appears under its name only once complete.
+    chunk_size
+        Cells written at a time with ``out`` (an int >= 1).
+    overwrite
+        With ``out``: replace an existing file (once the new one is complete); without it an
+        existing ``out`` is refused before anything is simulated.
 
     Returns
     -------
     anndata.AnnData
+        In memory, or with ``out`` opened from the file without loading ``X``: ``.h5ad`` backed
+        (:func:`anndata.read_h5ad` with ``backed="r"``), ``.zarr`` with ``X`` an
+        :func:`anndata.io.sparse_dataset` (slice it, e.g. ``adata.X[:1000]``, or
+        ``adata[:1000].to_memory()``, to read cells); as in anndata's backed mode, ``obs`` is read.
         ``X``: CSR float32 integer counts; ``obs``: ``perturbation``, ``cell_type``, ``dose``
         (categorical; doses aligned with the sorted tokens, controls ``"0"``) and ``time`` (float);
         ``uns["simulation"]``: ``params`` (this call's arguments), ``true_mean`` (conditions x genes,
@@ -112,8 +134,11 @@ def simulate_perturbseq(
     >>> adata.obs["perturbation"].iloc[0]  # doctest: +SKIP
     'G0041+G0087'
     """
-    params = dict(locals())
+    params = {k: v for k, v in locals().items() if k not in ("out", "chunk_size", "overwrite")}
     sizes = check_arguments(params)
+    if out is not None:
+        check_output(out, overwrite)
+        chunk_size = check_chunk_size(chunk_size)
     time_points = resolve_times(n_timepoints, times)
     library_median, library_sigma = library_size if isinstance(library_size, tuple | list) else (library_size, 0.0)
     network_seed, design_seed, cell_seed = np.random.SeedSequence(seed).spawn(3)
@@ -162,25 +187,33 @@ def simulate_perturbseq(
     cells_per_condition = np.empty(len(conditions), dtype=int)
     cells_per_condition[is_control], cells_per_condition[~is_control] = n_control, n_perturbed
     cell_rng = np.random.default_rng(cell_seed)
-    condition_of_cell = cell_rng.permutation(np.repeat(np.arange(len(conditions)), cells_per_condition))
-    library = library_median * np.exp(library_sigma * cell_rng.standard_normal(n_cells))
-    counts = sample_counts(cell_rng, true_mean, condition_of_cell, library, n_programs, program_scale)
+    # int32 codes: 4 bytes per cell is all that is held for every cell of a screen written to disk.
+    condition_of_cell = cell_rng.permutation(np.repeat(np.arange(len(conditions), dtype=np.int32), cells_per_condition))
+    counts = count_blocks(
+        cell_rng, true_mean, condition_of_cell, (library_median, library_sigma), n_programs, program_scale
+    )
+    obs_table = conditions.astype({key: pd.CategoricalDtype(conditions[key].unique()) for key in _CATEGORICAL})
 
-    obs = conditions.iloc[condition_of_cell].reset_index(drop=True)
-    for key in ("perturbation", "cell_type", "dose"):
-        obs[key] = pd.Categorical(obs[key], categories=conditions[key].unique())
-    obs.index = [f"cell_{i:0{len(str(n_cells - 1))}d}" for i in range(n_cells)]
-    adata = ad.AnnData(X=counts, obs=obs, var=pd.DataFrame(index=gene_names))
-    adata.uns[UNS_KEY] = {
-        "params": _json_like(params),
-        "true_mean": true_mean,
-        "conditions": conditions,
-        "network": _edge_table(network, gene_names),
-        "perturbations": pd.DataFrame(
-            {"target": gene_names[panel.targets], "mode": panel.modes.astype(str), "strength": panel.strengths}
-        ),
+    var = pd.DataFrame(index=gene_names)
+    uns = {
+        UNS_KEY: {
+            "params": _json_like(params),
+            "true_mean": true_mean,
+            "conditions": conditions,
+            "network": _edge_table(network, gene_names),
+            "perturbations": pd.DataFrame(
+                {"target": gene_names[panel.targets], "mode": panel.modes.astype(str), "strength": panel.strengths}
+            ),
+        }
     }
-    return adata
+    if out is not None:
+        chunks = (
+            (block, cell_obs(obs_table, condition_of_cell[start : start + block.shape[0]], start, n_cells), {})
+            for start, block in zip(range(0, n_cells, BLOCK_CELLS), counts)
+        )
+        return write_chunks(out, chunks, var=var, uns=uns, chunk_size=chunk_size, overwrite=overwrite)
+    X = sparse.vstack(list(counts), format="csr")
+    return ad.AnnData(X=X, obs=cell_obs(obs_table, condition_of_cell, 0, n_cells), var=var, uns=uns)
 
 
 def true_means(adata: ad.AnnData) -> pd.DataFrame:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numbers
+import os
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -13,16 +14,24 @@ import scipy.sparse as sp
 import torch
 
 from .._constants import LATENT_KEY, SOLVER_METHODS
+from ..datasets._write import check_chunk_size, check_output, write_chunks
 from ..flow import ConditionBatch
 from ..models._cellflow import CellFlow
 from ..pp._conditions import parse_condition
 
 MAX_ENTRIES = 2_000_000_000
-"""Largest ``n_cells x conditions x time points x genes`` one call of :func:`generate` produces.
+"""Largest ``n_cells x conditions x time points x genes`` one call of :func:`generate` keeps in memory.
 
-The decoder forms the expected counts of every generated cell (float32, so 8 GB at this limit)
-before they are sampled and compressed, and a sparse matrix with more entries than 2**31 - 1
-needs 64-bit indices that many downstream tools do not read. Generate larger sets in batches.
+The result is one sparse matrix in memory, and a sparse matrix with more entries than
+2**31 - 1 needs 64-bit indices that many downstream tools do not read. Larger sets are
+written to disk with ``out=...`` (no limit there), or generated in batches.
+"""
+
+BLOCK_ENTRIES = 2**24
+"""About ``cells x genes`` generated at once: one block of cells is drawn, carried and decoded together.
+
+The decoder forms the block's expected counts densely (float32: 64 MB at this size). Blocks
+hold whole multiples of 1024 cells, at least 1024 and at most 16384 (see :func:`block_cells`).
 """
 
 if TYPE_CHECKING:
@@ -42,6 +51,9 @@ def generate(
     steps: int | None = None,
     guidance: float = 1.0,
     sample_counts: bool = True,
+    out: str | os.PathLike | None = None,
+    chunk_size: int = 10_000,
+    overwrite: bool = False,
 ) -> AnnData:
     """Generate cells of the given conditions with a trained model.
 
@@ -73,8 +85,8 @@ def generate(
         optimal transport across the training time points) through the flow at once and
         returns their cells at ``times``, which must be training time points.
     seed
-        Seed of the source draw and of the count sampling: the same seed gives the same cells.
-        An int from 0 to 2**63 - 1.
+        Seed of the source draw and of the count sampling: the same seed gives the same cells,
+        in memory or written to disk in chunks of any size. An int from 0 to 2**63 - 1.
     method, steps
         ODE solver (``"euler"``, ``"heun"``, ``"rk4"`` with ``steps`` fixed steps, or
         ``"dopri5"``, adaptive). Default: ``"euler"`` with 4 steps for a reflowed model
@@ -88,10 +100,28 @@ def generate(
         with ``condition_dropout > 0`` (the null condition is learned there).
     sample_counts
         Sample counts from the likelihood; ``False`` returns its mean (expected counts).
+    out
+        Write the cells to this ``.h5ad`` or ``.zarr`` path instead of returning them in memory,
+        for sets larger than memory (no :data:`MAX_ENTRIES` limit): cells are generated,
+        decoded and written a chunk at a time, so memory holds a chunk of cells, never the
+        whole count matrix (a backbone over time also holds the latent trajectories of one
+        condition while it decodes them at each time point). The file appears under its name
+        only once complete.
+    chunk_size
+        Cells written at a time with ``out`` (an int >= 1). Cells are made in blocks of a fixed
+        size whatever ``chunk_size`` (whole multiples of 1024 cells, about 16 million expression
+        values: :data:`BLOCK_ENTRIES`), so the cells, like the file, do not depend on it.
+    overwrite
+        With ``out``: replace an existing file (once the new one is complete); without it an
+        existing ``out`` is refused before any cell is generated.
 
     Returns
     -------
-    AnnData with ``X`` the generated counts (sparse, the training genes in training order),
+    AnnData, in memory, or with ``out`` opened from the file without loading ``X`` (``.h5ad``:
+    :func:`anndata.read_h5ad` with ``backed="r"``; ``.zarr``: ``X`` an
+    :func:`anndata.io.sparse_dataset`; slice it to read cells; as in anndata's backed mode,
+    ``obs`` and ``obsm`` are read into memory). The cells are the same with or without ``out``.
+    ``X`` holds the generated counts (sparse, the training genes in training order),
     ``obs`` the perturbation, covariates, dose and time of every cell (and, for a backbone
     over time only, ``trajectory``: an integer shared by the cells of one predicted trajectory
     across time points; other backbones generate each time point independently, so their
@@ -103,6 +133,8 @@ def generate(
     TypeError
         Arguments of the wrong type (``n_cells`` and ``seed`` must be ints, not bools; ``doses``
         a list, not a string; ``covariates`` a mapping).
+    FileExistsError
+        ``out`` exists and ``overwrite`` is false.
     ValueError
         Anything the model cannot generate, named by its argument: unknown tokens, covariate
         values or times, doses a model without ``dose_key`` does not know, a request above
@@ -129,11 +161,15 @@ def generate(
     _check_guidance(model, guidance)
     time_points = _time_points(model, times)
     entries = int(n_cells) * len(conditions) * len(time_points) * len(model.genes)
-    if entries > MAX_ENTRIES:
+    if out is not None:
+        check_output(out, overwrite)
+        chunk_size = check_chunk_size(chunk_size)
+    elif entries > MAX_ENTRIES:
         raise ValueError(
             f"n_cells={n_cells} for {len(conditions)} condition(s) x {len(time_points)} time point(s) x "
             f"{len(model.genes)} genes asks for {entries:.3g} expression values, more than one call generates "
-            f"({MAX_ENTRIES:.0e}). Generate in smaller batches: fewer cells, or a few conditions per call."
+            f"in memory ({MAX_ENTRIES:.0e}). Write them to disk in chunks with out='generated.h5ad', or generate "
+            "in smaller batches: fewer cells, or a few conditions per call."
         )
     n_cells, seed = int(n_cells), int(seed)
     context_values = _context(model, covariates)
@@ -141,58 +177,139 @@ def generate(
     covariate_codes = codec.encode_covariates([dict(zip(codec.covariate_keys, context_values))])
 
     generator = torch.Generator().manual_seed(seed)
-    # A backbone over time generates whole trajectories through the training time points at once.
+    rows = [_row(cond, i, t, setup) for i, cond in enumerate(parsed) for t in time_points]
+    obs = _ObsPlan(rows, n_cells, setup, codec.covariate_keys, context_values, module.over_time)
+    nfe: list[int] = []
+    blocks = _cell_blocks(
+        model,
+        parsed,
+        time_points,
+        n_cells,
+        covariate_codes,
+        context,
+        generator,
+        nfe,
+        method=method,
+        steps=steps,
+        guidance=guidance,
+        sample_counts=sample_counts,
+    )
+
+    def uns() -> dict:
+        return {
+            "cellflow_generate": {
+                "model": repr(model),
+                "backbone": model.config.backbone,
+                "method": method,
+                "steps": int(steps),
+                "guidance": float(guidance),
+                "seed": int(seed),
+                "sample_counts": bool(sample_counts),
+                "function_evaluations_per_condition": int(max(nfe)),
+            }
+        }
+
+    var = pd.DataFrame(index=pd.Index(model.genes))
+    if out is not None:
+        chunks = _with_obs(blocks, obs)
+        return write_chunks(out, chunks, var=var, uns=uns, chunk_size=chunk_size, overwrite=overwrite)
+    counts, latents = [], []
+    for x, z in blocks:
+        counts.append(x)
+        latents.append(z)
+    matrix = counts[0] if len(counts) == 1 else sp.vstack(counts, format="csr")  # vstack would copy a lone block
+    result = ad.AnnData(X=matrix, obs=obs.rows(0, matrix.shape[0]), var=var)
+    result.obsm[LATENT_KEY] = np.concatenate(latents).astype(np.float32)
+    result.uns.update(uns())
+    return result
+
+
+def block_cells(n_genes: int) -> int:
+    """Cells generated at once for a model of ``n_genes`` genes: about :data:`BLOCK_ENTRIES` expression values.
+
+    A block is drawn (sources), carried (the ODE) and decoded (counts) together. The same
+    blocks make the cells of a request whether they are kept in memory or written to disk, in
+    chunks of any size: that is why the cells do not depend on ``chunk_size``. A request of at
+    most one block per condition draws its randomness exactly as one call of
+    :meth:`~cellflow.flow.FlowModule.sample` and one decoding would.
+    """
+    return int(np.clip(BLOCK_ENTRIES // n_genes // 1024 * 1024, 1024, 16384))
+
+
+def _cell_blocks(
+    model: CellFlow,
+    parsed: list,
+    time_points: list[float],
+    n_cells: int,
+    covariate_codes: torch.Tensor,
+    context: torch.Tensor,
+    generator: torch.Generator,
+    nfe: list[int],
+    *,
+    method: str,
+    steps: int,
+    guidance: float,
+    sample_counts: bool,
+) -> Iterator[tuple[sp.csr_matrix, np.ndarray]]:
+    """Counts and latents of consecutive blocks of cells: conditions in order, then time points, then cells.
+
+    Per condition (and, for a backbone that takes time as part of the condition, per time
+    point), blocks of :func:`block_cells` cells are drawn and carried by the flow one after the
+    other, and each is decoded as soon as it is carried. A backbone over time carries whole
+    trajectories: every block of the condition is carried first, then the trajectories are
+    decoded at each requested time point in turn (the row order of the result), so their
+    latents are held for one condition. ``nfe`` receives each block's velocity evaluations.
+    """
+    module, codec, setup = model.module, model.codec, model.setup
+    block = block_cells(len(model.genes))
     over_time = module.over_time
-    per_draw = [None] if over_time else time_points
-    latents, counts, rows, trajectories = [], [], [], []
-    nfe = 0
-    for i, cond in enumerate(parsed):
+    for cond in parsed:
         ids, dose, mask = codec.encode_conditions([cond])
         label = cond.label(setup.control, setup.combo_sep)
-        dose_label = setup.combo_sep.join(f"{d:g}" for d in cond.doses) if cond.tokens else "0"
-        for t in per_draw:
+        # A backbone over time generates whole trajectories through the training time points at once.
+        for t in [None] if over_time else time_points:
             time_point = torch.tensor([0.0 if t is None else t], dtype=torch.float32)
             condition = ConditionBatch(ids, dose, mask, covariate_codes, time_point, context)
-            z1, log_library, batch, nfe = module.sample(
-                condition, n_cells, generator, method=method, steps=steps, guidance=guidance
-            )
-            _check_finite(z1, label, method, steps)
-            if over_time:  # (n, T, D) trajectories: decode them at each requested time point
-                outputs = [(model.time_points.index(t_out), t_out) for t_out in time_points]
-            else:  # (n, D) cells of time point t, as trajectories of one time point
-                z1, log_library, batch = z1[:, None], log_library[:, None], batch[:, None]
-                outputs = [(0, t)]
-            for k, t_out in outputs:
-                x = model.vae.decode(
-                    z1[:, k],
-                    log_library[:, k, None],
-                    batch[:, k, None],
-                    sample=sample_counts,
-                    generator=generator,
-                    sparse=True,
+            drawn = []
+            for start in range(0, n_cells, block):
+                z1, log_library, batch, calls = module.sample(
+                    condition, min(block, n_cells - start), generator, method=method, steps=steps, guidance=guidance
                 )
-                latents.append(z1[:, k].numpy())
-                counts.append(x)
-                rows.append((label, dose_label, t_out, n_cells))
-                if over_time:
-                    trajectories.append(i * n_cells + np.arange(n_cells))
-    obs = _obs(rows, setup, codec.covariate_keys, context_values)
-    if over_time:
-        obs["trajectory"] = np.concatenate(trajectories).astype(np.int64)
-    matrix = counts[0] if len(counts) == 1 else sp.vstack(counts, format="csr")  # vstack would copy a lone block
-    out = ad.AnnData(X=matrix, obs=obs, var=pd.DataFrame(index=pd.Index(model.genes)))
-    out.obsm[LATENT_KEY] = np.concatenate(latents).astype(np.float32)
-    out.uns["cellflow_generate"] = {
-        "model": repr(model),
-        "backbone": model.config.backbone,
-        "method": method,
-        "steps": int(steps),
-        "guidance": float(guidance),
-        "seed": int(seed),
-        "sample_counts": bool(sample_counts),
-        "function_evaluations_per_condition": int(nfe),
-    }
-    return out
+                nfe.append(calls)
+                _check_finite(z1, label, method, steps)
+                if over_time:  # (n, T, D) trajectories: decoded once the condition's are all carried
+                    drawn.append((z1, log_library, batch))
+                    continue
+                x = model.vae.decode(
+                    z1, log_library[:, None], batch[:, None], sample=sample_counts, generator=generator, sparse=True
+                )
+                yield x, z1.numpy().astype(np.float32, copy=False)
+            if not over_time:
+                continue
+            z1, log_library, batch = (torch.cat(parts) for parts in zip(*drawn))
+            del drawn
+            for t_out in time_points:
+                k = model.time_points.index(t_out)
+                for start in range(0, n_cells, block):
+                    rows = slice(start, start + block)
+                    x = model.vae.decode(
+                        z1[rows, k],
+                        log_library[rows, k, None],
+                        batch[rows, k, None],
+                        sample=sample_counts,
+                        generator=generator,
+                        sparse=True,
+                    )
+                    yield x, z1[rows, k].numpy().astype(np.float32, copy=False)
+
+
+def _with_obs(blocks, obs: _ObsPlan):
+    """``(X, obs, obsm)`` chunks for the writer: each block with the obs of its rows."""
+    start = 0
+    for x, z in blocks:
+        stop = start + x.shape[0]
+        yield x, obs.rows(start, stop), {LATENT_KEY: z}
+        start = stop
 
 
 def _check_model(model) -> None:
@@ -365,13 +482,42 @@ def _context(model: CellFlow, covariates: Mapping[str, str] | None) -> tuple[str
     return values
 
 
-def _obs(rows, setup, covariate_keys, context_values) -> pd.DataFrame:
-    labels = np.concatenate([[r[0]] * r[3] for r in rows])
-    frame = pd.DataFrame({setup.perturbation_key: pd.Categorical(labels)})
-    for key, value in zip(covariate_keys, context_values):
-        frame[key] = pd.Categorical([value] * len(labels))
-    frame[setup.dose_key or "dose"] = pd.Categorical(np.concatenate([[r[1]] * r[3] for r in rows]))
-    if setup.time_key is not None:
-        frame[setup.time_key] = np.concatenate([[r[2]] * r[3] for r in rows]).astype(float)
-    frame.index = [f"{label}-{i}" for i, label in enumerate(labels)]
-    return frame
+def _row(cond, i: int, t: float, setup) -> tuple[str, str, float, int]:
+    """Label, dose label, time point and condition index of one condition's cells at one time point."""
+    dose_label = setup.combo_sep.join(f"{d:g}" for d in cond.doses) if cond.tokens else "0"
+    return cond.label(setup.control, setup.combo_sep), dose_label, t, i
+
+
+class _ObsPlan:
+    """The ``obs`` of any range of generated rows, with the categories of the whole result.
+
+    Rows run through ``rows`` (condition x time point), ``n_cells`` each; a row's name is its
+    label and its position. Built for a range, a chunk written to disk gets the same table as
+    those rows of the result in memory.
+    """
+
+    def __init__(self, rows, n_cells: int, setup, covariate_keys, context_values, over_time: bool) -> None:
+        self.n_cells, self.setup, self.over_time = n_cells, setup, over_time
+        self.labels, self.doses, self.times, self.conditions = (np.array(v) for v in zip(*rows))
+        self.covariates = dict(zip(covariate_keys, context_values))
+
+    def rows(self, start: int, stop: int) -> pd.DataFrame:
+        """``obs`` of rows ``start`` to ``stop``."""
+        position = np.arange(start, stop)
+        group = position // self.n_cells
+        labels = self.labels[group]
+        frame = pd.DataFrame({self.setup.perturbation_key: _categorical(labels, self.labels)})
+        for key, value in self.covariates.items():
+            frame[key] = pd.Categorical([value] * len(labels), categories=[value])
+        frame[self.setup.dose_key or "dose"] = _categorical(self.doses[group], self.doses)
+        if self.setup.time_key is not None:
+            frame[self.setup.time_key] = self.times[group].astype(float)
+        if self.over_time:  # a trajectory's cells share its id at every time point
+            frame["trajectory"] = (self.conditions[group] * self.n_cells + position % self.n_cells).astype(np.int64)
+        frame.index = [f"{label}-{i}" for i, label in zip(position, labels)]
+        return frame
+
+
+def _categorical(values: np.ndarray, every: np.ndarray) -> pd.Categorical:
+    """``values`` as a categorical whose categories are all of ``every``, sorted (as ``pd.Categorical`` sorts)."""
+    return pd.Categorical(values, categories=sorted(set(every.tolist())))

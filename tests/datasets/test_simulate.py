@@ -292,3 +292,132 @@ def test_bad_arguments_raise(kwargs, match):
     kwargs = {"n_cells": 500, "n_genes": 40, **kwargs}
     with pytest.raises(ValueError, match=match):
         simulate_perturbseq(**kwargs)
+
+
+# --- screens written to disk in chunks ----------------------------------------------------------
+
+TO_DISK = {"n_cells": 9000, "n_genes": 60, "n_timepoints": 2, "doses": (0.5, 1.0), "seed": 2}  # 3 blocks of 4096
+
+
+@pytest.fixture(scope="module")
+def screen_in_memory():
+    return simulate_perturbseq(**TO_DISK)
+
+
+def _counts(adata):
+    return adata.X if sparse.issparse(adata.X) else adata.X[0 : adata.n_obs]
+
+
+@pytest.mark.parametrize("suffix", [".h5ad", ".zarr"])
+def test_screen_on_disk_is_the_screen_in_memory(screen_in_memory, tmp_path, suffix):
+    written = simulate_perturbseq(**TO_DISK, out=tmp_path / f"screen{suffix}", chunk_size=1000)
+    assert not sparse.issparse(written.X)  # opened without loading the counts
+    assert written.shape == screen_in_memory.shape
+    assert (_counts(written) != screen_in_memory.X).nnz == 0
+    pd.testing.assert_frame_equal(written.obs, screen_in_memory.obs)
+    pd.testing.assert_frame_equal(written.var, screen_in_memory.var)
+    pd.testing.assert_frame_equal(true_means(written), true_means(screen_in_memory))
+    truth, expected = written.uns["simulation"], screen_in_memory.uns["simulation"]
+    pd.testing.assert_frame_equal(truth["network"], expected["network"])
+    assert truth["params"]["doses"].tolist() == [0.5, 1.0] and "out" not in truth["params"]
+    assert [p.name for p in tmp_path.iterdir()] == [f"screen{suffix}"]
+
+
+def test_counts_do_not_depend_on_the_chunk_size(tmp_path):
+    import h5py
+
+    first = simulate_perturbseq(**TO_DISK, out=tmp_path / "a.h5ad", chunk_size=1000)
+    second = simulate_perturbseq(**TO_DISK, out=tmp_path / "b.h5ad", chunk_size=7777)
+    first.file.close(), second.file.close()
+    with h5py.File(tmp_path / "a.h5ad") as a, h5py.File(tmp_path / "b.h5ad") as b:
+        names = []
+        a.visit(names.append)
+        other = []
+        b.visit(other.append)
+        assert names == other and "X/data" in names and "obs/_index" in names
+        for name in names:  # every stored array and attribute, value for value
+            assert dict(a[name].attrs).keys() == dict(b[name].attrs).keys()
+            for key, value in a[name].attrs.items():
+                np.testing.assert_array_equal(value, b[name].attrs[key])
+            if isinstance(a[name], h5py.Dataset):
+                assert a[name].chunks == b[name].chunks
+                np.testing.assert_array_equal(a[name][()], b[name][()])
+
+
+def test_opened_screen_reads_cells_from_disk(tmp_path):
+    written = simulate_perturbseq(800, n_genes=20, out=tmp_path / "s.h5ad", chunk_size=300)
+    assert written.isbacked and written.filename == tmp_path / "s.h5ad"
+    in_memory = simulate_perturbseq(800, n_genes=20)
+    subset = written[written.obs["perturbation"] == "control"].to_memory()
+    assert (subset.X != in_memory[in_memory.obs["perturbation"] == "control"].X).nnz == 0
+    assert (ad.read_h5ad(tmp_path / "s.h5ad").X != in_memory.X).nnz == 0
+
+
+def test_existing_screen_is_refused_unless_overwrite(tmp_path):
+    out = tmp_path / "screen.zarr"
+    simulate_perturbseq(800, n_genes=20, seed=0, out=out)
+    with pytest.raises(FileExistsError, match="screen.zarr' exists; pass overwrite=True"):
+        simulate_perturbseq(800, n_genes=20, seed=1, out=out)
+    assert ad.read_zarr(out).uns["simulation"]["params"]["seed"] == 0  # untouched
+    replaced = simulate_perturbseq(800, n_genes=20, seed=1, out=out, overwrite=True)
+    assert replaced.uns["simulation"]["params"]["seed"] == 1
+    assert (_counts(replaced) != simulate_perturbseq(800, n_genes=20, seed=1).X).nnz == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["screen.zarr"]
+
+
+@pytest.mark.parametrize("suffix", [".h5ad", ".zarr"])
+def test_interrupted_write_leaves_nothing_that_looks_complete(tmp_path, suffix):
+    from cellflow.datasets._write import write_chunks
+
+    screen = simulate_perturbseq(800, n_genes=20)
+    out = tmp_path / f"screen{suffix}"
+    out.mkdir() if suffix == ".zarr" else out.write_bytes(b"previous")  # an earlier result, to be kept
+
+    def chunks():
+        yield screen.X[:300], screen.obs.iloc[:300], {}
+        raise KeyboardInterrupt  # Ctrl-C after one chunk is written
+
+    with pytest.raises(KeyboardInterrupt):
+        write_chunks(out, chunks(), var=screen.var, uns={}, chunk_size=100, overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
+    assert out.is_dir() if suffix == ".zarr" else out.read_bytes() == b"previous"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"out": "screen.csv"}, ValueError, "must end in .h5ad or .zarr"),
+        ({"out": "nowhere/screen.h5ad"}, ValueError, "the folder 'nowhere' does not exist"),
+        ({"out": "screen.h5ad", "chunk_size": 0}, ValueError, "chunk_size=0 must be at least 1"),
+        ({"out": "screen.h5ad", "chunk_size": True}, TypeError, "chunk_size must be an int"),
+        ({"out": "screen.h5ad", "overwrite": "yes"}, TypeError, "overwrite must be True or False"),
+    ],
+)
+def test_bad_outputs_raise(tmp_path, monkeypatch, kwargs, error, match):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(error, match=match):
+        simulate_perturbseq(500, n_genes=20, **kwargs)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_memory_holds_a_chunk_not_the_screen(tmp_path, monkeypatch):
+    """Simulating to disk holds a chunk of cells; opening the result is left out (anndata reads its obs)."""
+    import gc
+    import tracemalloc
+
+    monkeypatch.setattr("cellflow.datasets._write.open_backed", lambda path: None)
+
+    def peak(n_cells, out=None):
+        gc.collect()
+        tracemalloc.start()
+        try:
+            simulate_perturbseq(n_cells, n_genes=40, n_combinations=4, out=out, chunk_size=4096)
+        finally:
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+        return peak
+
+    small, large = peak(8192, tmp_path / "small.h5ad"), peak(65536, tmp_path / "large.h5ad")
+    in_memory = peak(65536)
+    assert large < 1.25 * small  # 8 times the cells, about the same peak
+    assert in_memory > 3 * large  # what the measure sees when every cell is kept
