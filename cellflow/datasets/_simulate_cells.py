@@ -1,11 +1,12 @@
 """The simulator's cells, block by block: the same cells whether they are kept in memory or written in chunks.
 
 Cells are drawn in fixed blocks of :data:`BLOCK_CELLS` from one random stream, in the order
-of :func:`cellflow.datasets._counts.sample_counts`: every library size first, then the
-programs' loadings and the genes' dispersions, then each block's program scores, gamma rates
-and Poisson counts. The library sizes are replayed block by block from a copy of the stream
-instead of being held for every cell, so memory is bounded by a block (plus 4 bytes per cell for
-its condition), and how the cells are later grouped for writing cannot change them.
+the simulator has always drawn them (a seed gives the screen of earlier releases): every
+library size first, then the programs' loadings and the genes' dispersions, then each
+block's program scores, gamma rates and Poisson counts. The library sizes are replayed block
+by block from a copy of the stream instead of being held for every cell, so memory is bounded
+by a block (plus 4 bytes per cell for its condition), and how the cells are later grouped for
+writing cannot change them.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from ._counts import _CHUNK_CELLS, _NB_THETA
-
-BLOCK_CELLS = _CHUNK_CELLS  # cells drawn at once: memory ~ BLOCK_CELLS x n_genes floats
+BLOCK_CELLS = 4096  # cells drawn at once: memory ~ BLOCK_CELLS x n_genes floats
+_NB_THETA = (7.0, 0.5)  # NB inverse dispersion per gene: lognormal median, log-sd
 
 
 def count_blocks(
