@@ -34,7 +34,8 @@ def recorded(monkeypatch):
     return calls
 
 
-def test_a_toml_file_gives_the_options_and_the_command_line_wins(tmp_path, data_file, recorded):
+def test_a_toml_file_gives_the_options_and_the_command_line_wins(tmp_path, data_file, recorded, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)  # so that only `quiet` hides the bars
     config = tmp_path / "train.toml"
     config.write_text(
         f'data = "{data_file}"\nout = "{tmp_path / "from_file"}"\nflow-steps = 7\nvae_epochs = 3\n'
@@ -82,6 +83,10 @@ def test_a_missing_config_file_or_value_is_refused(tmp_path, capsys):
     assert "needs a file" in capsys.readouterr().err
     assert main(["--config", "x.toml"]) == 1
     assert "goes after the verb" in capsys.readouterr().err
+    assert main(["--config", "x.toml", "train", "--out", str(tmp_path / "m")]) == 1
+    assert "goes after the verb" in capsys.readouterr().err
+    assert main(["train", "--conf", "x.toml", "--data", "d", "--out", str(tmp_path / "m")]) == 1
+    assert "spell out --config" in capsys.readouterr().err
 
 
 def test_progress_bars_only_at_a_terminal(tmp_path, data_file, recorded, monkeypatch):

@@ -79,6 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "run"):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    if getattr(args, "config", None) is not None:  # only an abbreviation such as --conf gets here
+        print("cellflow: error: spell out --config FILE (the file was not read).", file=sys.stderr)
+        return EXIT_USER_ERROR
     debug = getattr(args, "debug", False)
     try:
         with signals_raise():

@@ -93,5 +93,7 @@ def expand_config(argv: Sequence[str], verbs: dict[str, argparse.ArgumentParser]
             path = token.split("=", 1)[1]
         else:
             rest.append(token)
+    if path is None:  # the option came before the verb
+        raise CommandError("--config goes after the verb, e.g. cellflow train --config train.toml.")
     table = read_config(path)
     return [*argv[: verb_at + 1], *config_arguments(table, verbs[argv[verb_at]], path), *rest]

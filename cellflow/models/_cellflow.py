@@ -21,6 +21,7 @@ from ..train import (
     FlowTrainingConfig,
     build_training_design,
 )
+from ..train._plan import rank_and_world_size
 from ._build import (
     backbone_name,
     build_flow_module,
@@ -257,13 +258,15 @@ class CellFlow(TrainingMixin):
         """Save weights (safetensors) and configuration (JSON) to the directory ``path``.
 
         Loading never unpickles anything: see :meth:`load`. In a distributed run (Lightning's
-        DDP, where every process runs the script) only the process of rank 0 writes; the others
-        return at once, as Lightning's ``rank_zero_only`` would.
+        DDP, where every process runs the script) only the process of rank 0 writes, as with
+        Lightning's ``rank_zero_only``; every rank returns once the files are complete.
         """
         self._require_trained()
-        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
-            return
-        save_model(self, Path(path), overwrite=overwrite)
+        rank, world = rank_and_world_size()
+        if rank == 0:
+            save_model(self, Path(path), overwrite=overwrite)
+        if world > 1:  # the other ranks return once the model is on disk (a load right after finds it)
+            torch.distributed.barrier()
 
     @classmethod
     def load(cls, path: str | Path, *, adata: AnnData | None = None) -> CellFlow:

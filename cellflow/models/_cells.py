@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
+import torch
 
 from ..train import VAETrainingConfig
 from ..train._interrupt import interruptible
@@ -78,14 +79,29 @@ def fit_vae(
             seed=config.seed,
             trainer_kwargs=_vae_trainer_options(trainer_kwargs),
         )
+    _share_rank_zero_state(vae.module)
     return vae, categories
+
+
+def _share_rank_zero_state(module) -> None:
+    """Under DDP, give every rank rank 0's weights and buffers.
+
+    DDP keeps the parameters equal but not the batch-norm statistics, which each rank updates
+    from its own minibatches after DDP's broadcast; without this, ranks would encode the cells
+    into slightly different latent spaces and train the flow on different data.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    for tensor in module.state_dict().values():
+        torch.distributed.broadcast(tensor, src=0)
 
 
 def _vae_trainer_options(trainer_kwargs: dict | None) -> dict | None:
     # scvi-tools' VAE leaves its library-size encoder unused with observed library sizes, which
     # plain DDP refuses; scvi-tools' documentation trains it with this variant.
-    if trainer_kwargs and trainer_kwargs.get("strategy") == "ddp":
-        return {**trainer_kwargs, "strategy": "ddp_find_unused_parameters_true"}
+    strategy = (trainer_kwargs or {}).get("strategy")
+    if strategy in ("ddp", "ddp_spawn", "ddp_notebook"):
+        return {**trainer_kwargs, "strategy": f"{strategy}_find_unused_parameters_true"}
     return trainer_kwargs
 
 
@@ -94,10 +110,22 @@ DISTRIBUTED_OPTIONS = ("strategy", "num_nodes")
 
 
 def processes(devices, trainer_kwargs: dict | None) -> int:
-    """Processes of a distributed run (devices per node x nodes); 1 without a strategy or with "auto" devices."""
+    """Processes of a distributed run (devices per node x nodes); 1 without a strategy.
+
+    Raises
+    ------
+    ValueError
+        A strategy with ``devices`` that is not a positive number: the per-process batch
+        could not keep the global one.
+    """
     options = trainer_kwargs or {}
-    if options.get("strategy") is None or not isinstance(devices, int):
+    if options.get("strategy") is None:
         return 1
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+        raise ValueError(
+            f"With strategy={options['strategy']!r}, give devices as a number of devices per node "
+            f"(e.g. devices=4), not {devices!r}, so that each process takes its share of the minibatch."
+        )
     return devices * int(options.get("num_nodes", 1))
 
 

@@ -30,7 +30,7 @@ from ..train import (
     train_flow,
     validation_split,
 )
-from ._cells import EncodedCells, fit_vae
+from ._cells import EncodedCells, fit_vae, processes
 from ._stages import train_in_stages
 
 
@@ -100,6 +100,7 @@ class TrainingMixin:
         flow = resolve_coupling(flow, self.module)
         self._require_data()
         check_validation_split(len({c for c in self._conditions if not c.is_control}), flow.validation_fraction)
+        processes(devices, trainer_kwargs)  # a bad device count for a distributed run, before any training
         hardware = {"accelerator": accelerator, "devices": devices, "progress_bar": progress_bar}
         folder = None if checkpoint_dir is None else Path(checkpoint_dir)
         train_in_stages(self, folder, vae, flow, again, hardware=hardware, trainer_kwargs=trainer_kwargs)

@@ -14,6 +14,21 @@ from ._quiet import quiet_lightning
 from ._resume import checkpoint_callbacks, fingerprint, finish, resume_step
 from ._validation import VALIDATION_SEED_OFFSET, BestWeights, fixed_validation_batches
 
+
+class FixedBatches(torch.utils.data.IterableDataset):
+    """The same minibatches, in the same order, on every rank."""
+
+    def __init__(self, batches: list) -> None:
+        super().__init__()
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 CURVE_EVERY = 10
 """The loss curve keeps the training loss of every tenth step (it is saved with the model)."""
 
@@ -91,7 +106,7 @@ def fit_flow_plan(
                 **{
                     "max_steps": config.steps,
                     "accelerator": accelerator,
-                    # On the CPU, "auto" devices would mean one process per core: one, unless a strategy is asked for.
+                    # On the CPU one process, unless a distributed strategy is asked for.
                     "devices": devices if accelerator != "cpu" or "strategy" in extra else 1,
                     "precision": config.precision,
                     "logger": False,
@@ -109,7 +124,11 @@ def fit_flow_plan(
             trainer.fit(
                 plan,
                 train_dataloaders=loader,
-                val_dataloaders=torch.utils.data.DataLoader(val_batches, batch_size=None) if validate else None,
+                # Iterable, so that under DDP every rank scores all the fixed batches (Lightning
+                # would split a list between ranks and early stopping would see different losses).
+                val_dataloaders=torch.utils.data.DataLoader(FixedBatches(val_batches), batch_size=None)
+                if validate
+                else None,
                 ckpt_path=resume_from,
                 weights_only=True,
             )

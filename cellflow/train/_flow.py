@@ -276,7 +276,7 @@ def reflow(
     sources = FlowTrainingPlan(module, design.table, torch.as_tensor(latent, dtype=torch.float32), flow_config)
     generator = torch.Generator().manual_seed(seed + REFLOW_PAIRS_OFFSET)
     rounds_done = module.sampling.reflow_rounds
-    fit, curve = {"final_loss": float("nan")}, []
+    fit, curve, steps_before = {"final_loss": float("nan")}, [], 0
     for round_ in range(config.rounds):
         last = round_ == config.rounds - 1
         module.cpu().eval()
@@ -308,7 +308,7 @@ def reflow(
             progress_bar=progress_bar,
             trainer_kwargs=trainer_kwargs,
         )
-        offset = curve[-1][0] if curve else 0
-        curve += [[offset + step, loss] for step, loss in fit["curve"]]
+        curve += [[steps_before + step, loss] for step, loss in fit["curve"]]
+        steps_before += fit["steps"]
     module.sampling = replace(module.sampling, distill_steps=config.distill_steps or 0)
     return {"final_loss": fit["final_loss"], "curve": curve}

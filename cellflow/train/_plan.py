@@ -17,11 +17,20 @@ from ._validation import VALIDATION_SEED_OFFSET
 TRAINING_DRAWS_OFFSET = 104729  # the plan's stream: training seed + this, apart from the minibatch stream
 
 
-DISTRIBUTED_SEED_STRIDE = 7919
-"""Rank ``r`` of a distributed run draws its minibatches from ``seed + r * DISTRIBUTED_SEED_STRIDE``."""
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of rank ``rank``'s stream under distributed training: ``seed`` itself on rank 0.
+
+    Other ranks get a seed derived from ``(seed, rank)`` by numpy's ``SeedSequence``, which no
+    fixed offset of the other streams (validation, the plan's draws, reflow) can collide with.
+    """
+    if rank == 0:
+        return seed
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-def _rank_and_world_size() -> tuple[int, int]:
+def rank_and_world_size() -> tuple[int, int]:
     """Rank of the calling process and the number of processes (0 and 1 outside distributed training)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -44,8 +53,8 @@ class GroupBatches(IterableDataset):
 
     def __iter__(self):
         # Under distributed training each rank draws its own share of the global minibatch.
-        rank, world = _rank_and_world_size()
-        generator = torch.Generator().manual_seed(self.seed + DISTRIBUTED_SEED_STRIDE * rank)
+        rank, world = rank_and_world_size()
+        generator = torch.Generator().manual_seed(rank_seed(self.seed, rank))
         n = min(-(-self.config.groups_per_batch // world), len(self.groups))
         drawn = 0
         while True:
@@ -193,6 +202,13 @@ class FlowTrainingPlan(pl.LightningModule):
         loss = self.validation_loss(batch)
         self.log("val_loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(batch[2]))
         return loss
+
+    def on_fit_start(self) -> None:  # noqa: D102
+        # Under DDP each rank draws its own flow times, dropout and noise (rank 0 keeps the
+        # single-process stream). Resuming is refused with a distributed strategy, so no
+        # restored stream is overwritten here.
+        if self.trainer.world_size > 1:
+            self.generator.manual_seed(rank_seed(self.seed + TRAINING_DRAWS_OFFSET, self.trainer.global_rank))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:  # noqa: D102
         checkpoint["cellflow_generator"] = self.generator.get_state()

@@ -18,6 +18,8 @@ import torch
 
 BLOCK_ROWS = 1024
 """Rows read from disk in one piece: large enough for sequential reads, small enough to shuffle well."""
+MIN_BATCH = 3
+"""Smallest minibatch trained on (scvi-tools' data loader drops smaller last minibatches too)."""
 BUFFER_BLOCKS = 16
 """Blocks pooled before their rows are shuffled; the buffer holds ``BLOCK_ROWS * BUFFER_BLOCKS`` cells."""
 
@@ -49,9 +51,10 @@ class BlockShuffleDataset(torch.utils.data.IterableDataset):
     seed
         Seeds the order of blocks and rows; epoch ``e`` uses ``(seed, e)``, so a run is repeatable.
     rank, world_size
-        This process's share under distributed training: the shuffled blocks are dealt round-robin
-        and every rank takes the same number of full minibatches (a few cells of an epoch are
-        skipped, as with ``drop_last``), so no rank waits for another at the end of an epoch.
+        This process's share under distributed training: the shuffled blocks are dealt
+        round-robin, and every rank takes the same number of full minibatches, a rank with
+        fewer cells drawing a few of its cells twice (as ``DistributedSampler`` pads), so no
+        rank waits for another at the end of an epoch and every cell is seen.
     block_rows, buffer_blocks
         Rows read in one piece (at most: small data sets get smaller blocks, down to a
         minibatch, so that every rank has several) and blocks pooled before shuffling.
@@ -86,29 +89,34 @@ class BlockShuffleDataset(torch.utils.data.IterableDataset):
                 f"{world_size} processes that would share them; train on fewer devices."
             )
         self.n_blocks = n_blocks
-        self.blocks_per_rank = n_blocks // world_size
+        self.blocks_per_rank = math.ceil(n_blocks / world_size)  # some ranks get one block fewer
+        if len(self) == 0:
+            raise ValueError(
+                f"{matrix.shape[0]} cells cannot fill a minibatch of at least {MIN_BATCH} cells; use more cells."
+            )
 
     def _my_blocks(self, rng: np.random.Generator) -> np.ndarray:
-        dealt = rng.permutation(self.n_blocks)[: self.blocks_per_rank * self.world_size]
-        return dealt[self.rank :: self.world_size]
+        return rng.permutation(self.n_blocks)[self.rank :: self.world_size]
 
     def __len__(self) -> int:
         """Minibatches this rank yields per epoch.
 
-        One process yields every cell (the last minibatch may be short). Under distributed
-        training every rank yields the same number of full minibatches, as many as the rank
-        holding the short last block could (ranks that took different numbers of steps would
-        wait for each other forever).
+        One process: every cell once, the last minibatch short (dropped below
+        :data:`MIN_BATCH` cells, whose batch norm statistics would be meaningless). Under
+        distributed training every rank yields the same number of full minibatches (ranks
+        that took different numbers of steps would wait for each other forever): as many as
+        the largest share of blocks fills, a rank with fewer cells topping its last
+        minibatches up with cells drawn again from its own, as ``DistributedSampler`` does.
         """
+        n_cells, size = self.matrix.shape[0], self.batch_size
         if self.world_size == 1:
-            return math.ceil(self.matrix.shape[0] / self.batch_size)
-        short = self.n_blocks * self.block_rows - self.matrix.shape[0]
-        return (self.blocks_per_rank * self.block_rows - short) // self.batch_size
+            return n_cells // size + (n_cells % size >= MIN_BATCH)
+        return math.ceil(self.blocks_per_rank * self.block_rows / size)
 
     def __iter__(self):
         rng = np.random.default_rng([self.seed, self.epoch])
         self.epoch += 1
-        blocks, remaining = self._my_blocks(rng), len(self)
+        blocks, remaining, size = self._my_blocks(rng), len(self), self.batch_size
         x, index = np.zeros((0, self.matrix.shape[1]), dtype=np.float32), np.zeros(0, dtype=np.int64)
         for first in range(0, len(blocks), self.buffer_blocks):
             # Read the buffer's blocks in file order (sequential I/O), then shuffle their rows
@@ -119,13 +127,24 @@ class BlockShuffleDataset(torch.utils.data.IterableDataset):
             index = np.concatenate([index, *rows])
             order = rng.permutation(len(index))
             x, index = x[order], index[order]
-            full = len(index) // self.batch_size * self.batch_size
-            for lo in range(0, min(full, remaining * self.batch_size), self.batch_size):
-                yield self._minibatch(x[lo : lo + self.batch_size], index[lo : lo + self.batch_size])
-            remaining -= min(full // self.batch_size, remaining)
-            x, index = x[full:], index[full:]
-        if remaining and len(index):  # one process: the last, short minibatch
+            full = min(len(index) // size, remaining)
+            for lo in range(0, full * size, size):
+                yield self._minibatch(x[lo : lo + size], index[lo : lo + size])
+            remaining -= full
+            x, index = x[full * size :], index[full * size :]
+        if self.world_size == 1:
+            if remaining and len(index) >= MIN_BATCH:  # the last, short minibatch
+                yield self._minibatch(x, index)
+            return
+        if remaining:  # top up with cells of this rank's last block, drawn again
+            start = blocks[-1] * self.block_rows
+            stop = min(start + self.block_rows, self.matrix.shape[0])
+            pool_x, pool_index = read_rows(self.matrix, start, stop), np.arange(start, stop)
+        for _ in range(remaining):
+            extra = rng.choice(len(pool_index), size - len(index))
+            x, index = np.concatenate([x, pool_x[extra]]), np.concatenate([index, pool_index[extra]])
             yield self._minibatch(x, index)
+            x, index = x[:0], index[:0]
 
     def _minibatch(self, x: np.ndarray, index: np.ndarray) -> dict[str, torch.Tensor]:
         batch = np.zeros(len(index), dtype=np.int64) if self.batch is None else self.batch[index]

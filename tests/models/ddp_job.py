@@ -5,6 +5,7 @@ stages (the VAE through scvi-tools, the flow and its reflow) train under one pro
 saves the model. ``DATA`` may be a backed ``.h5ad`` file (``-``: simulated in memory).
 """
 
+import hashlib
 import sys
 
 import anndata as ad
@@ -24,9 +25,18 @@ def main(processes: int, data: str, out: str) -> None:
     cf.pp.setup(adata, perturbation_key="perturbation", control="control", covariate_keys=["cell_type"])
     model = cf.CellFlow(adata, latent_dim=4, backbone_kwargs={"hidden_dim": 16, "n_blocks": 1}, seed=5)
     model.train(**TRAIN, accelerator="cpu", devices=processes, trainer_kwargs={"strategy": "ddp"}, progress_bar=False)
-    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-    print(f"rank {rank} of {torch.distributed.get_world_size() if rank is not None else 1} trained", flush=True)
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    print(f"rank {rank} of {world} trained weights {weights_hash(model)}", flush=True)
     model.save(out)
+
+
+def weights_hash(model) -> str:
+    """SHA-256 of the VAE's and the flow's weights: DDP must leave every rank with the same ones."""
+    digest = hashlib.sha256()
+    for state in (model.vae.state_dict(), model.module.state_dict()):
+        for name in sorted(state):
+            digest.update(name.encode() + state[name].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 if __name__ == "__main__":

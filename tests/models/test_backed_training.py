@@ -10,7 +10,7 @@ import scipy.sparse as sp
 import cellflow as cf
 from cellflow.models._stages import _data_hash
 from cellflow.vae import LatentVAE, VAEConfig
-from cellflow.vae._disk import BlockShuffleDataset
+from cellflow.vae._disk import BLOCK_ROWS, BlockShuffleDataset
 
 FAST = {"progress_bar": False, "accelerator": "cpu"}
 
@@ -58,23 +58,32 @@ def test_every_cell_once_per_epoch_in_a_new_order_each_epoch():
     assert np.array_equal(_epoch_cells(again), first)
 
 
-def test_ranks_read_disjoint_blocks_and_take_the_same_number_of_steps():
+def test_ranks_share_the_cells_and_take_the_same_number_of_full_steps():
     matrix = _numbered(5000)
     shards = [
         BlockShuffleDataset(matrix, None, batch_size=100, seed=3, rank=r, world_size=3, block_rows=512)
         for r in range(3)
     ]
-    cells = [_epoch_cells(s) for s in shards]
-    assert sum(len(set(a) & set(b)) for i, a in enumerate(cells) for b in cells[i + 1 :]) == 0
-    assert len({s.blocks_per_rank for s in shards}) == 1 and shards[0].blocks_per_rank >= 3
-    # Every rank takes the same number of full minibatches in every epoch (else DDP would hang),
-    # covering most of the cells.
-    for _ in range(4):
-        counts = [[len(b["X"]) for b in s] for s in shards]
-        assert all(c == [100] * len(shards[0]) for c in counts)
-    assert 3 * 100 * len(shards[0]) > 0.8 * 5000
+    for _ in range(3):  # epochs
+        batches = [[b["X"][:, 0].numpy() for b in s] for s in shards]
+        # Every rank takes the same number of full minibatches (else DDP would hang) ...
+        assert {len(b) for b in batches} == {len(shards[0])}
+        assert all(len(x) == 100 for b in batches for x in b)
+        # ... and together they see every cell, a rank with fewer cells drawing a few again.
+        seen = np.concatenate([np.concatenate(b) for b in batches])
+        assert np.array_equal(np.unique(seen), np.arange(1, 5001))
+        assert len(seen) - 5000 < 3 * 100 + shards[0].block_rows
     with pytest.raises(ValueError, match="fewer than the 200 processes"):
         BlockShuffleDataset(matrix, None, batch_size=100, seed=0, world_size=200, block_rows=512)
+
+
+@pytest.mark.parametrize(("n_cells", "expected"), [(513, [256, 256]), (515, [256, 256, 3]), (300, [256, 44])])
+def test_one_process_sees_every_cell_and_no_minibatch_below_three_cells(n_cells, expected):
+    dataset = BlockShuffleDataset(_numbered(n_cells), None, batch_size=256, seed=0)
+    sizes = [len(b["X"]) for b in dataset]
+    assert sizes == expected and len(dataset) == len(expected)
+    with pytest.raises(ValueError, match="cannot fill a minibatch"):
+        BlockShuffleDataset(_numbered(2), None, batch_size=256, seed=0)
 
 
 def test_batch_codes_travel_with_their_cells():
@@ -88,10 +97,11 @@ def test_batch_codes_travel_with_their_cells():
 
 
 def test_the_vae_trains_and_encodes_reading_bounded_blocks_only():
-    counts = _counts()
-    spy = RowReadSpy(counts, limit=4096)
+    counts = _counts(n_cells=5001)  # one cell more than a multiple of the minibatch
+    spy = RowReadSpy(counts, limit=BLOCK_ROWS)  # training reads blocks of at most BLOCK_ROWS rows
     vae = LatentVAE.fit(spy, batch=None, config=VAEConfig(n_input=30, n_latent=4), max_epochs=2, **FAST)
-    assert spy.reads and max(stop - start for start, stop in spy.reads) <= 4096
+    assert len(spy.reads) > 5000 // BLOCK_ROWS
+    spy.limit = 4096  # the latent pass reads blocks of 4,096 rows
     latent, log_library = vae.encode_with_library(spy, None)
     assert np.allclose(latent, vae.encode(counts), atol=1e-6)  # the in-memory path gives the same latents
     assert np.allclose(log_library, np.log(np.maximum(np.asarray(counts.sum(axis=1)).ravel(), 1.0)))

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 
 import cellflow as cf
@@ -28,7 +30,9 @@ def test_two_processes_train_both_stages_and_the_saved_model_generates(tmp_path)
         timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "rank 0 of 2 trained" in run.stdout and "rank 1 of 2 trained" in run.stdout
+    hashes = dict(re.findall(r"rank (\d) of 2 trained weights ([0-9a-f]{16})", run.stdout))
+    assert set(hashes) == {"0", "1"}, run.stdout
+    assert hashes["0"] == hashes["1"]  # both stages kept the ranks' weights identical
 
     model = cf.CellFlow.load(tmp_path / "model")
     assert model.is_trained and model.module.sampling.reflow_rounds == 1
@@ -53,3 +57,12 @@ def test_two_processes_train_both_stages_and_the_saved_model_generates(tmp_path)
     generated = mean_log(pred[(pred.obs["perturbation"] == condition).to_numpy()].X)
     truth = real_mean(condition)
     assert np.abs(generated - truth).mean() < 0.6 * np.abs(control - truth).mean()
+
+
+def test_a_strategy_needs_a_number_of_devices(screen):
+    _, _, _, train = screen
+    model = cf.CellFlow(train, latent_dim=4, seed=0)
+    for devices in ("auto", -1, 0, [0, 1]):
+        with pytest.raises(ValueError, match="give devices as a number of devices per node"):
+            model.train(devices=devices, trainer_kwargs={"strategy": "ddp"}, accelerator="cpu", progress_bar=False)
+    assert not model.is_trained
