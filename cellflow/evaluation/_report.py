@@ -164,10 +164,9 @@ def write_report(
 
 
 def _plots(results, changes, out: Path, metrics, ids) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # Figures without pyplot: no global backend switch (a notebook keeps showing its plots) and
+    # nothing left open.
+    from matplotlib.figure import Figure
 
     written = []
     order = _order(results["method"])
@@ -176,7 +175,8 @@ def _plots(results, changes, out: Path, metrics, ids) -> list[str]:
             continue
         wide = results.pivot_table(index=ids, columns="method", values=metric, aggfunc="mean")
         names = [" ".join(str(v) for v in (i if isinstance(i, tuple) else (i,))) for i in wide.index]
-        fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(names) + 2), 4))
+        fig = Figure(figsize=(max(5, 0.6 * len(names) + 2), 4))
+        ax = fig.subplots()
         for j, method in enumerate(m for m in order if m in wide.columns):
             ax.plot(range(len(names)), wide[method], "o", label=method, ms=6, alpha=0.8, color=f"C{j}")
         ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
@@ -186,11 +186,11 @@ def _plots(results, changes, out: Path, metrics, ids) -> list[str]:
         fig.tight_layout()
         name = f"per_condition_{metric}.png"
         fig.savefig(out / name, dpi=110)
-        plt.close(fig)
         written.append(name)
     methods = [m for m in order if any(c["method"] == m for c in changes)]
     if methods:
-        fig, axes = plt.subplots(1, len(methods), figsize=(3 * len(methods), 3.2), squeeze=False)
+        fig = Figure(figsize=(3 * len(methods), 3.2))
+        axes = fig.subplots(1, len(methods), squeeze=False)
         for ax, method in zip(axes[0], methods):
             true = np.concatenate([c["true"] for c in changes if c["method"] == method])
             pred = np.concatenate([c["pred"] for c in changes if c["method"] == method])
@@ -203,6 +203,5 @@ def _plots(results, changes, out: Path, metrics, ids) -> list[str]:
         fig.suptitle("Mean log-expression change from control, per gene and held-out condition", fontsize=9)
         fig.tight_layout()
         fig.savefig(out / "changes.png", dpi=110)
-        plt.close(fig)
         written.append("changes.png")
     return written

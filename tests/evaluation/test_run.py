@@ -29,8 +29,17 @@ def test_cli_benchmark_end_to_end(tiny_file, tmp_path, capsys):
     out, exported = tmp_path / "bench", tmp_path / "cell_eval_files"
     args = ["benchmark", "--data", str(tiny_file), "--split", "combinations", "--out", str(out)]
     args += ["--covariate-keys", "cell_type", "--flow-steps", "3", "--vae-epochs", "1", "--latent-dim", "4"]
-    assert main([*args, "--accelerator", "cpu", "--export", "cell-eval", str(exported)]) == 0
+    import matplotlib
+
+    backend = matplotlib.get_backend()
+    matplotlib.use("svg")  # a backend the report's plots must not switch away from (a notebook's inline one)
+    try:
+        assert main([*args, "--accelerator", "cpu", "--export", "cell-eval", str(exported)]) == 0
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(backend)
     assert "[5/5]" in capsys.readouterr().out  # progress lines
+    assert (out / "changes.png").stat().st_size > 0 and (out / "per_condition_pearson_delta.png").exists()
     results = pd.read_csv(out / "results.csv")
     methods = {
         "cellflow",
