@@ -135,6 +135,7 @@ def _save_vae(model, directory: Path) -> None:
         "batch_categories": model.batch_categories,
         "sha256": sha256(directory / "vae.safetensors"),
         "seconds": model.history.get("vae_seconds"),
+        "curves": {k: model.history[k] for k in ("vae_loss", "vae_validation_loss") if k in model.history},
     }
     write_atomically(directory / "vae.json", json.dumps(meta).encode())  # written last: the stage is done
 
@@ -149,6 +150,7 @@ def _load_vae(model, directory: Path) -> None:
     vae = LatentVAE.from_state_dict(load_file(str(weights)), VAEConfig(**meta["config"]))
     model._use_latent_space(vae, meta["batch_categories"])
     model.history["vae_seconds"] = meta["seconds"]
+    model.history |= meta.get("curves", {})  # the loss curves of the run that trained it
 
 
 def _adopt(model, finished) -> None:

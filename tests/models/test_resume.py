@@ -1,6 +1,7 @@
 """Training that survives being stopped: resumed from its checkpoint folder, it ends where an uninterrupted run does."""
 
 import importlib.util
+import json
 import os
 import signal
 import subprocess
@@ -51,6 +52,9 @@ def test_a_run_stopped_in_the_flow_and_in_reflow_resumes_to_the_same_model(unint
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path)
     assert (tmp_path / "vae" / "vae.json").exists() and (tmp_path / "flow" / "last.ckpt").exists()
+    # The finished VAE stage keeps its loss curve (one ELBO per epoch) for the resumed model's history.
+    curves = json.loads((tmp_path / "vae" / "vae.json").read_text())["curves"]
+    assert len(curves["vae_loss"]) == resume_job.TRAIN["vae_epochs"]
     assert not (tmp_path / "after_flow").exists()
     monkeypatch.setattr(cf.CellFlow, "train", stop_at(40))  # the flow resumes past 40; reflow stops at its step 40
     with pytest.raises(KeyboardInterrupt):
