@@ -24,6 +24,7 @@ FINAL_LINES = {
     "05_time_course_mamba.ipynb": "time course done",
     "06_own_embeddings.ipynb": "own embeddings done",
     "07_benchmark_your_model.ipynb": "benchmark done",
+    "08_doses.ipynb": "doses done",
 }
 # Notebooks on real data read these files of ../shared/data; without them the notebook would download the data.
 NEEDS_DATA = {
