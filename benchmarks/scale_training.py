@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from _results import RESULTS_FLAG, RESULTS_HELP, write_results_section
+from _results import RESULTS_FLAG, RESULTS_HELP, command_line, write_results_section
 
 
 def peak_mb() -> float:
@@ -91,6 +91,19 @@ def one_size(n_cells: int, args: argparse.Namespace, folder: Path) -> list[dict]
     return rows
 
 
+def markdown_table(table: pd.DataFrame) -> str:
+    """The rows as a Markdown table (numbers to 4 significant digits; pandas' needs tabulate)."""
+
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return "" if value != value else f"{value:,.4g}"
+        return str(value)
+
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", type=int, nargs="+", default=[10_000, 100_000])
@@ -126,10 +139,10 @@ def main() -> None:
         print(pd.DataFrame(rows).to_string(index=False), flush=True)
     table = pd.DataFrame(rows)
     table.to_csv(out / "scale_training.csv", index=False)
-    markdown = table.to_markdown(index=False, floatfmt=".4g")
+    markdown = markdown_table(table)
     print(markdown)
     if getattr(args, RESULTS_FLAG.strip("-").replace("-", "_")):
-        write_results_section("scale_training", markdown)
+        write_results_section("scale_training", f"`{command_line()}`\n\n{markdown}")
 
 
 if __name__ == "__main__":
