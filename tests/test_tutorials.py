@@ -33,10 +33,6 @@ NEEDS_DATA = {
     "04_weak_knockouts.ipynb": "papalexi2021_thp1_eccite_299g.h5ad",
     "07_benchmark_your_model.ipynb": "norman2019_mcfaline2023_subset.h5ad",
 }
-# Notebooks without a figure (the quickstart keeps to the model's calls); every other one must show one.
-WITHOUT_FIGURES = {"01_quickstart.ipynb"}
-
-
 def test_tutorials_are_found():
     # Without this, an emptied or moved folder would make the parametrised test pass vacuously.
     assert NOTEBOOKS, f"no notebooks in {TUTORIALS}"
@@ -51,8 +47,7 @@ def test_committed_outputs(path: Path):
     errors = [o for c in code_cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors, f"committed outputs hold an error: {errors[0].get('ename')}: {errors[0].get('evalue')}"
     images = [o for c in code_cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
-    if path.name not in WITHOUT_FIGURES:
-        assert images, "no figure (image/png) in the committed outputs"
+    assert images, "no figure (image/png) in the committed outputs"
     expected = FINAL_LINES.get(path.name)
     if expected is not None:
         assert expected in _printed(code_cells[-1]).splitlines(), "the committed run did not reach its last check"
