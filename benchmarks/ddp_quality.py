@@ -109,7 +109,7 @@ def main() -> None:
         cells = [f"{row[(m, 'mean')]:.3f} ± {row[(m, 'std')]:.3f}" for m in metrics]
         lines.append(f"| {processes} | " + " | ".join(cells) + " |")
     markdown = (
-        f"Seeds {sorted(runs['seed'].unique())}, mean ± sd over seeds; the demo's split, library defaults, "
+        f"Seeds {sorted(int(s) for s in runs['seed'].unique())}, mean ± sd over seeds; the demo's split, library defaults, "
         "the same global minibatch.\n\n" + "\n".join(lines)
     )
     print(markdown)
