@@ -109,8 +109,8 @@ def main() -> None:
         cells = [f"{row[(m, 'mean')]:.3f} ± {row[(m, 'std')]:.3f}" for m in metrics]
         lines.append(f"| {processes} | " + " | ".join(cells) + " |")
     markdown = (
-        f"Seeds {sorted(int(s) for s in runs['seed'].unique())}, mean ± sd over seeds; the demo's split, library defaults, "
-        "the same global minibatch.\n\n" + "\n".join(lines)
+        f"Seeds {sorted(int(s) for s in runs['seed'].unique())}, mean ± sd over seeds; the demo's split, "
+        "library defaults, the same global minibatch.\n\n" + "\n".join(lines)
     )
     print(markdown)
     if getattr(args, RESULTS_FLAG.strip("-").replace("-", "_")):
