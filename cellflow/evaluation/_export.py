@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 from ..metrics import log_normalize
 
@@ -172,8 +173,6 @@ def _frame(adata: AnnData, name: str, perturbation_key: str, celltype_key: str |
 
 def _expression(adata: AnnData, genes: pd.Index, counts: bool, name: str):
     """Log-normalised float32 CSR of ``adata`` over ``genes``, checked to be what cell-eval takes as such."""
-    from scipy import sparse
-
     matrix = adata[:, genes].X
     if counts:
         matrix = log_normalize(matrix)
@@ -192,8 +191,6 @@ def _expression(adata: AnnData, genes: pd.Index, counts: bool, name: str):
 
 
 def _stack(x, extra):
-    from scipy import sparse
-
     return sparse.vstack([x, extra], format="csr") if extra.shape[0] else x
 
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 import cellflow as cf
 
@@ -277,7 +278,6 @@ class _Cells:
 def _export(cells: _Cells, genes, keys, control: str, folder) -> dict:
     """Write the held-out real cells and every complete prediction for cell-eval."""
     import anndata as ad
-    from scipy import sparse
 
     def assemble(parts) -> ad.AnnData:
         obs = pd.DataFrame(

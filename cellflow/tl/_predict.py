@@ -13,8 +13,8 @@ import torch
 from .._constants import LATENT_KEY
 from ..flow import ConditionBatch
 from ..models._cellflow import CellFlow
+from ._arguments import _check_finite, _check_guidance, _check_int, _check_model, _check_solver, _context, _parse
 from ._encode import encode_cells
-from ._generate import _check_finite, _check_guidance, _check_int, _check_model, _check_solver, _context, _parse
 
 if TYPE_CHECKING:
     from anndata import AnnData

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import fields
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
@@ -25,8 +26,6 @@ def rank_seed(seed: int, rank: int) -> int:
     """
     if rank == 0:
         return seed
-    import numpy as np
-
     return int(np.random.SeedSequence([seed, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 

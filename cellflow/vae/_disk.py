@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import lightning.pytorch as pl
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -155,25 +156,25 @@ class BlockShuffleDataset(torch.utils.data.IterableDataset):
         }
 
 
-def disk_datamodule(matrix, batch: np.ndarray | None, *, batch_size: int, seed: int):
-    """A Lightning data module over :class:`BlockShuffleDataset`, sharded by the trainer's rank."""
-    import lightning.pytorch as pl
+class BlockShuffleDataModule(pl.LightningDataModule):
+    """A Lightning data module over :class:`BlockShuffleDataset`, sharded by the trainer's rank.
 
-    class BlockShuffleDataModule(pl.LightningDataModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.n_obs, self.n_vars = matrix.shape
-            self.dataset: BlockShuffleDataset | None = None
+    scvi-tools builds its VAE from ``n_obs`` and ``n_vars`` when it trains from a data module.
+    """
 
-        def setup(self, stage: str | None = None) -> None:
-            trainer = self.trainer
-            rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-            self.dataset = BlockShuffleDataset(
-                matrix, batch, batch_size=batch_size, seed=seed, rank=rank, world_size=world
-            )
+    def __init__(self, matrix, batch: np.ndarray | None, *, batch_size: int, seed: int) -> None:
+        super().__init__()
+        self.matrix, self.batch, self.batch_size, self.seed = matrix, batch, batch_size, seed
+        self.n_obs, self.n_vars = matrix.shape
+        self.dataset: BlockShuffleDataset | None = None
 
-        def train_dataloader(self):
-            # Batches are made by the dataset; worker processes would each reopen the file.
-            return torch.utils.data.DataLoader(self.dataset, batch_size=None, num_workers=0)
+    def setup(self, stage: str | None = None) -> None:  # noqa: D102
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        self.dataset = BlockShuffleDataset(
+            self.matrix, self.batch, batch_size=self.batch_size, seed=self.seed, rank=rank, world_size=world
+        )
 
-    return BlockShuffleDataModule()
+    def train_dataloader(self):  # noqa: D102
+        # Batches are made by the dataset; worker processes would each reopen the file.
+        return torch.utils.data.DataLoader(self.dataset, batch_size=None, num_workers=0)

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 from .._constants import LIKELIHOODS
-from ._disk import disk_datamodule, is_in_memory, read_rows
+from ._disk import BlockShuffleDataModule, is_in_memory, read_rows
 
 
 @dataclass
@@ -147,7 +147,7 @@ class LatentVAE:
             scvi.model.SCVI.setup_anndata(template, batch_key="batch" if batch is not None else None)
             registry = scvi.model.SCVI(template, **model_kwargs).registry_
             model = scvi.model.SCVI(registry=registry, **model_kwargs)
-            datamodule = disk_datamodule(matrix, batch, batch_size=batch_size, seed=seed)
+            datamodule = BlockShuffleDataModule(matrix, batch, batch_size=batch_size, seed=seed)
             model.train(datamodule=datamodule, **train_kwargs)
         config.n_batch = model.module.n_batch
         vae = cls(model.module.cpu(), config)
