@@ -33,6 +33,8 @@ NEEDS_DATA = {
     "04_weak_knockouts.ipynb": "papalexi2021_thp1_eccite_299g.h5ad",
     "07_benchmark_your_model.ipynb": "norman2019_mcfaline2023_subset.h5ad",
 }
+
+
 def test_tutorials_are_found():
     # Without this, an emptied or moved folder would make the parametrised test pass vacuously.
     assert NOTEBOOKS, f"no notebooks in {TUTORIALS}"

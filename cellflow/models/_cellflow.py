@@ -102,7 +102,9 @@ class CellFlow(TrainingMixin):
         better but can make its latent space less linear, which hurts latent arithmetic and
         the flow on unseen combinations.
     vae_kl_weight
-        Weight of the VAE's KL term after warm-up (scvi-tools' ``max_kl_weight``). Below 1
+        Weight of the VAE's KL term after warm-up (scvi-tools' ``max_kl_weight``). The
+        default training length ends inside the warm-up, at a fraction of this weight (see
+        :meth:`cellflow.train.VAETrainingConfig.kl_warmup_for`). Below 1
         the VAE keeps more of weak perturbation effects and its latent is less regular. Choose
         it on training cells: :func:`cellflow.evaluation.score_reconstruction` after
         :meth:`train_vae` scores how much of each condition's effect the VAE keeps.

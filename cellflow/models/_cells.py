@@ -11,8 +11,10 @@ import torch
 
 from ..train import VAETrainingConfig
 from ..train._interrupt import interruptible
+from ..train._plan import rank_and_world_size
 from ..train._quiet import quiet_lightning
 from ..vae import LatentVAE, VAEConfig
+from ..vae._disk import RowRange
 from ._config import CellFlowConfig
 
 
@@ -65,12 +67,14 @@ def fit_vae(
         n_layers=config.vae_layers,
         gene_likelihood=config.likelihood,
     )
+    epochs = training.epochs_for(adata.n_obs)
     with quiet_lightning(), interruptible():
         vae = LatentVAE.fit(
             expression(adata, setup),
             batch=batch,
             config=vae_config,
-            max_epochs=training.epochs_for(adata.n_obs),
+            max_epochs=epochs,
+            **training.kl_warmup_for(epochs, adata.n_obs),
             batch_size=max(2, training.batch_size // processes(devices, trainer_kwargs)),
             accelerator=accelerator,
             devices=devices,
@@ -130,7 +134,30 @@ def processes(devices, trainer_kwargs: dict | None) -> int:
 
 
 def encode_cells(vae: LatentVAE, adata, setup, batch_key: str | None, categories: list[str]) -> EncodedCells:
-    """Encode every cell once (the VAE's posterior means) and keep its batch code and log library size."""
+    """Encode every cell once (the VAE's posterior means) and keep its batch code and log library size.
+
+    Under distributed training (an initialised process group, as after Lightning's DDP) each of
+    the ``W`` processes encodes a contiguous ``W``-th of the cells and all of them gather the
+    whole: every rank then holds the same latents, those one process would compute (the shares
+    are cut at the encoder's chunks, so each cell is encoded in the same chunk either way).
+    Every rank must call it.
+    """
     _, batch = batch_codes(adata, batch_key, categories)
-    latent, log_library = vae.encode_with_library(expression(adata, setup), batch)
+    matrix = expression(adata, setup)
+    rank, world = rank_and_world_size()
+    if world == 1:
+        latent, log_library = vae.encode_with_library(matrix, batch, batch_size=ENCODE_CHUNK)
+        return EncodedCells(latent=latent, batch=batch, log_library=log_library)
+    chunks = -(-adata.n_obs // ENCODE_CHUNK)
+    start, stop = (min(adata.n_obs, ENCODE_CHUNK * (chunks * r // world)) for r in (rank, rank + 1))
+    share = vae.encode_with_library(
+        RowRange(matrix, start, stop), None if batch is None else batch[start:stop], batch_size=ENCODE_CHUNK
+    )
+    shares = [None] * world
+    torch.distributed.all_gather_object(shares, share)
+    latent, log_library = (np.concatenate(parts) for parts in zip(*shares))
     return EncodedCells(latent=latent, batch=batch, log_library=log_library)
+
+
+ENCODE_CHUNK = 4096
+"""Cells encoded at once in the latent pass (memory holds one chunk of counts and the latents)."""

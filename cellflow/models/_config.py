@@ -39,7 +39,8 @@ class CellFlowConfig:
         Width and depth of the scvi-tools encoder and decoder.
     vae_kl_weight
         Weight of the KL term of the VAE's loss at the end of its warm-up (scvi-tools'
-        ``max_kl_weight``; 1 is the evidence lower bound).
+        ``max_kl_weight``; 1 is the evidence lower bound), which the default training length
+        does not reach (:meth:`~cellflow.train.VAETrainingConfig.kl_warmup_for`).
     seed
         Seed of initialisation and training.
     time_scale

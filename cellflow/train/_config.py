@@ -12,6 +12,9 @@ from dataclasses import asdict, dataclass, fields
 
 from .._constants import COUPLINGS, PRECISIONS, SOLVER_METHODS
 
+MIN_EPOCHS = 4
+"""Fewest epochs of the VAE's default length (see :attr:`VAETrainingConfig.min_epochs`)."""
+
 
 def _from_kwargs(cls, kwargs: dict | None, what: str):
     known = {f.name for f in fields(cls)}
@@ -28,25 +31,36 @@ class VAETrainingConfig:
     Attributes
     ----------
     epochs
-        Epochs; by default about ``target_steps`` gradient steps (at least 50 and at most
-        400 epochs), the regime in which scvi-tools' VAE reconstructs sparse Perturb-seq
-        counts well (fewer steps leave the decoder spreading counts over too many genes,
-        which no flow can repair).
+        Epochs; by default about ``target_steps`` gradient steps, at least ``min_epochs``
+        and at most 400 epochs (:meth:`epochs_for`): the regime in which scvi-tools' VAE
+        reconstructs sparse Perturb-seq counts well (fewer steps leave the decoder spreading
+        counts over too many genes, which no flow can repair). A small screen thus takes
+        many passes over its cells, a large one ``min_epochs``, so the time per cell stays
+        flat as screens grow.
     batch_size
-        Minibatch size (scvi-tools' default).
+        Global minibatch size (scvi-tools' default); a distributed run splits it over its
+        processes, so the steps per epoch, and with them this rule, do not depend on the
+        number of devices.
     target_steps
         Gradient steps the default number of epochs aims at.
+    min_epochs
+        Fewest epochs of the default length: what a screen too large for ``target_steps``
+        to cover many times still gets.
     """
 
     epochs: int | None = None
     batch_size: int = 128
     target_steps: int = 8000
+    min_epochs: int = MIN_EPOCHS
 
     def __post_init__(self) -> None:
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"vae epochs={self.epochs} must be at least 1 (or None for the default).")
-        if self.batch_size < 2 or self.target_steps < 1:
-            raise ValueError(f"vae batch_size={self.batch_size} must be at least 2 and target_steps at least 1.")
+        if self.batch_size < 2 or self.target_steps < 1 or self.min_epochs < 1:
+            raise ValueError(
+                f"vae batch_size={self.batch_size} must be at least 2, target_steps={self.target_steps} "
+                f"and min_epochs={self.min_epochs} at least 1."
+            )
 
     @classmethod
     def from_kwargs(cls, kwargs: dict | None) -> VAETrainingConfig:
@@ -54,10 +68,23 @@ class VAETrainingConfig:
         return _from_kwargs(cls, kwargs, "vae_kwargs")
 
     def epochs_for(self, n_cells: int) -> int:
-        """Epochs to train on ``n_cells`` cells."""
+        """Epochs on ``n_cells`` cells: ``epochs``, else about ``target_steps`` steps, within ``[min_epochs, 400]``."""
         if self.epochs is not None:
             return self.epochs
-        return int(min(max(round(self.target_steps * self.batch_size / max(1, n_cells)), 50), 400))
+        return int(min(max(round(self.target_steps * self.batch_size / max(1, n_cells)), self.min_epochs), 400))
+
+    def kl_warmup_for(self, epochs: int, n_cells: int) -> dict[str, int | None]:
+        """How the KL weight rises to ``vae_kl_weight``: ``kl_warmup_epochs`` or ``kl_warmup_steps`` of the VAE's fit.
+
+        scvi-tools' 400 epochs, which the default length never reaches: the weight ends at
+        ``epochs / 400`` of its maximum. Below 50 epochs (large screens) the warm-up is counted
+        in steps and spans eight times the training, ``8 * epochs * ceil(n_cells / batch_size)``
+        steps, so the weight rises smoothly within even one epoch and ends at about an eighth of
+        its maximum, as at 50 epochs: the latent space a screen gets does not loosen with its size.
+        """
+        if epochs >= 50:
+            return {"kl_warmup_epochs": 400, "kl_warmup_steps": None}
+        return {"kl_warmup_epochs": None, "kl_warmup_steps": 8 * epochs * -(-n_cells // self.batch_size)}
 
 
 @dataclass(frozen=True)

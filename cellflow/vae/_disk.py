@@ -30,6 +30,25 @@ def is_in_memory(matrix) -> bool:
     return isinstance(matrix, np.ndarray) or sp.issparse(matrix)
 
 
+class RowRange:
+    """Rows ``start:stop`` of an in-memory or on-disk matrix, sliced lazily: nothing is read until sliced.
+
+    Sliceable by rows like the matrix itself (``rows[a:b]`` reads rows ``start + a`` to
+    ``start + b`` of the matrix), so a share of a backed matrix can be passed where the whole one
+    would be, without loading the share.
+    """
+
+    def __init__(self, matrix, start: int, stop: int) -> None:
+        self.matrix, self.start = matrix, start
+        self.shape = (max(0, stop - start), matrix.shape[1])
+
+    def __getitem__(self, rows: slice):
+        if not isinstance(rows, slice) or rows.step not in (None, 1):
+            raise TypeError(f"RowRange takes a contiguous slice of rows, got {rows!r}.")
+        begin, end, _ = rows.indices(self.shape[0])
+        return self.matrix[self.start + begin : self.start + max(begin, end)]
+
+
 def read_rows(matrix, start: int, stop: int) -> np.ndarray:
     """Rows ``start:stop`` of an in-memory or on-disk matrix, as a dense float32 array."""
     chunk = matrix[start:stop]

@@ -94,6 +94,8 @@ class LatentVAE:
         progress_bar: bool = True,
         early_stopping: bool = False,
         kl_weight: float = 1.0,
+        kl_warmup_epochs: int | None = 400,
+        kl_warmup_steps: int | None = None,
         seed: int = 0,
         trainer_kwargs: dict | None = None,
     ) -> LatentVAE:
@@ -104,7 +106,9 @@ class LatentVAE:
         ``early_stopping`` is scvi-tools' (validation ELBO, patience 45 epochs); it is off by
         default because the validation ELBO still drifts under the KL warm-up, so it can stop
         long before the decoder is good (see the results page). ``kl_weight`` is scvi-tools'
-        ``max_kl_weight``, the KL term's weight after its warm-up.
+        ``max_kl_weight``, the KL term's weight after its warm-up of ``kl_warmup_epochs`` epochs, or
+        if that is ``None`` of ``kl_warmup_steps`` steps (scvi-tools' ``n_epochs_kl_warmup`` and
+        ``n_steps_kl_warmup``; both ``None``: no warm-up).
 
         A numpy or scipy matrix trains through scvi-tools' own data splitter (a tenth of the
         cells held out for validation). Any other matrix (a backed AnnData's ``X``: an ``h5ad``
@@ -131,7 +135,12 @@ class LatentVAE:
             "devices": devices,
             "early_stopping": early_stopping,
             "enable_progress_bar": progress_bar,
-            "plan_kwargs": {"lr": lr, "max_kl_weight": kl_weight},
+            "plan_kwargs": {
+                "lr": lr,
+                "max_kl_weight": kl_weight,
+                "n_epochs_kl_warmup": kl_warmup_epochs,
+                "n_steps_kl_warmup": kl_warmup_steps,
+            },
             **(trainer_kwargs or {}),
         }
         if is_in_memory(matrix):
