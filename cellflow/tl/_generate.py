@@ -12,9 +12,10 @@ import scipy.sparse as sp
 import torch
 
 from .._constants import LATENT_KEY
-from ..datasets._write import check_chunk_size, check_output, write_chunks
+from ..datasets._write import check_chunk_size, check_output, open_backed, write_chunks
 from ..flow import ConditionBatch
 from ..models._cellflow import CellFlow
+from ..train._plan import rank_and_world_size
 from ._arguments import (
     _check_conditions,
     _check_finite,
@@ -62,6 +63,7 @@ def generate(
     out: str | os.PathLike | None = None,
     chunk_size: int = 10_000,
     overwrite: bool = False,
+    distributed: bool = False,
 ) -> AnnData:
     """Generate cells of the given conditions with a trained model.
 
@@ -123,6 +125,16 @@ def generate(
         With ``out``: replace an existing file (once the new one is complete); without it an
         existing ``out`` is refused before any cell is generated.
 
+    distributed
+        Share the work out among the processes of a distributed run (a script that every process
+        runs, e.g. after :meth:`~cellflow.CellFlow.train` with ``strategy="ddp"``, whose process
+        group stays initialised): each process makes every ``W``-th block of cells and every
+        process receives all of them, in order, the cells one process would make. Every process
+        must then make the same call (a call on rank 0 alone would wait for the others forever);
+        with ``out``, rank 0 writes the file and the others return it opened once complete. Memory
+        holds ``W`` blocks of cells at a time (for a backbone over time, ``W`` conditions' cells at
+        every requested time point). Without an initialised process group it changes nothing.
+
     Returns
     -------
     AnnData, in memory, or with ``out`` opened from the file without loading ``X`` (``.h5ad``:
@@ -163,6 +175,8 @@ def generate(
     _check_int("seed", seed)
     if not 0 <= seed < 2**63:
         raise ValueError(f"seed={seed} must be between 0 and 2**63 - 1.")
+    if not isinstance(distributed, bool | np.bool_):
+        raise TypeError(f"distributed must be True or False, got {distributed!r}.")
     if not isinstance(sample_counts, bool | np.bool_):
         raise TypeError(f"sample_counts must be True (draw counts) or False (expected counts), got {sample_counts!r}.")
     parsed = _parse(model, conditions, doses)
@@ -184,7 +198,6 @@ def generate(
     context = torch.tensor([module.reference.context_code(context_values)])
     covariate_codes = codec.encode_covariates([dict(zip(codec.covariate_keys, context_values))])
 
-    generator = torch.Generator().manual_seed(seed)
     rows = [_row(cond, i, t, setup) for i, cond in enumerate(parsed) for t in time_points]
     obs = _ObsPlan(rows, n_cells, setup, codec.covariate_keys, context_values, module.over_time)
     nfe: list[int] = []
@@ -195,8 +208,9 @@ def generate(
         n_cells,
         covariate_codes,
         context,
-        generator,
+        seed,
         nfe,
+        distributed=bool(distributed),
         method=method,
         steps=steps,
         guidance=guidance,
@@ -220,7 +234,8 @@ def generate(
     var = pd.DataFrame(index=pd.Index(model.genes))
     if out is not None:
         chunks = _with_obs(blocks, obs)
-        return write_chunks(out, chunks, var=var, uns=uns, chunk_size=chunk_size, overwrite=overwrite)
+        options = {"var": var, "uns": uns, "chunk_size": chunk_size, "overwrite": overwrite}
+        return _write(out, chunks, distributed=bool(distributed), **options)
     counts, latents = [], []
     for x, z in blocks:
         counts.append(x)
@@ -237,9 +252,10 @@ def block_cells(n_genes: int) -> int:
 
     A block is drawn (sources), carried (the ODE) and decoded (counts) together. The same
     blocks make the cells of a request whether they are kept in memory or written to disk, in
-    chunks of any size: that is why the cells do not depend on ``chunk_size``. A request of at
-    most one block per condition draws its randomness exactly as one call of
-    :meth:`~cellflow.flow.FlowModule.sample` and one decoding would.
+    chunks of any size: that is why the cells do not depend on ``chunk_size``. Each block draws
+    from its own generator (:func:`block_seed`); a request of one block draws its randomness
+    exactly as one call of :meth:`~cellflow.flow.FlowModule.sample` and one decoding with the
+    request's seed would.
     """
     return int(np.clip(BLOCK_ENTRIES // n_genes // 1024 * 1024, 1024, 16384))
 
@@ -251,64 +267,121 @@ def _cell_blocks(
     n_cells: int,
     covariate_codes: torch.Tensor,
     context: torch.Tensor,
-    generator: torch.Generator,
+    seed: int,
     nfe: list[int],
     *,
     method: str,
     steps: int,
     guidance: float,
     sample_counts: bool,
+    distributed: bool,
 ) -> Iterator[tuple[sp.csr_matrix, np.ndarray]]:
     """Counts and latents of consecutive blocks of cells: conditions in order, then time points, then cells.
 
-    Per condition (and, for a backbone that takes time as part of the condition, per time
-    point), blocks of :func:`block_cells` cells are drawn and carried by the flow one after the
-    other, and each is decoded as soon as it is carried. A backbone over time carries whole
-    trajectories: every block of the condition is carried first, then the trajectories are
-    decoded at each requested time point in turn (the row order of the result), so their
-    latents are held for one condition. ``nfe`` receives each block's velocity evaluations.
+    The request is cut into units of work: one block of :func:`block_cells` cells of a
+    condition at a time point, drawn, carried by the flow and decoded together, or, for a
+    backbone over time, every block of a condition's trajectories, carried and then decoded at
+    each requested time point in turn (the row order of the result; their latents are held for
+    one condition). Block ``b`` of the request draws from its own generator
+    (:func:`block_seed`), so a unit's cells do not depend on the units before it: with
+    ``distributed`` each of the ``W`` processes computes every ``W``-th unit and all of them
+    receive the units in order (:func:`_in_order`), the same cells one process makes. ``nfe``
+    receives each block's velocity evaluations.
     """
     module, codec, setup = model.module, model.codec, model.setup
     block = block_cells(len(model.genes))
+    per_series = -(-n_cells // block)  # blocks of one condition at one time point (or one set of trajectories)
     over_time = module.over_time
-    for cond in parsed:
+    series = [(c, t) for c in range(len(parsed)) for t in ([None] if over_time else range(len(time_points)))]
+
+    def unit(index: int) -> Iterator[tuple[sp.csr_matrix, np.ndarray, int]]:
+        c, t = series[index]
+        cond = parsed[c]
         ids, dose, mask = codec.encode_conditions([cond])
         label = cond.label(setup.control, setup.combo_sep)
-        # A backbone over time generates whole trajectories through the training time points at once.
-        for t in [None] if over_time else time_points:
-            time_point = torch.tensor([0.0 if t is None else t], dtype=torch.float32)
-            condition = ConditionBatch(ids, dose, mask, covariate_codes, time_point, context)
-            drawn = []
-            for start in range(0, n_cells, block):
-                z1, log_library, batch, calls = module.sample(
-                    condition, min(block, n_cells - start), generator, method=method, steps=steps, guidance=guidance
-                )
-                nfe.append(calls)
-                _check_finite(z1, label, method, steps)
-                if over_time:  # (n, T, D) trajectories: decoded once the condition's are all carried
-                    drawn.append((z1, log_library, batch))
-                    continue
-                x = model.vae.decode(
-                    z1, log_library[:, None], batch[:, None], sample=sample_counts, generator=generator, sparse=True
-                )
-                yield x, z1.numpy().astype(np.float32, copy=False)
-            if not over_time:
+        time_point = torch.tensor([0.0 if t is None else time_points[t]], dtype=torch.float32)
+        condition = ConditionBatch(ids, dose, mask, covariate_codes, time_point, context)
+        drawn = []
+        for j, start in enumerate(range(0, n_cells, block)):
+            generator = torch.Generator().manual_seed(block_seed(seed, index * per_series + j))
+            z1, log_library, batch, calls = module.sample(
+                condition, min(block, n_cells - start), generator, method=method, steps=steps, guidance=guidance
+            )
+            _check_finite(z1, label, method, steps)
+            if over_time:  # (n, T, D) trajectories: decoded once the condition's are all carried
+                drawn.append((z1, log_library, batch, generator, calls))
                 continue
-            z1, log_library, batch = (torch.cat(parts) for parts in zip(*drawn))
-            del drawn
-            for t_out in time_points:
-                k = model.time_points.index(t_out)
-                for start in range(0, n_cells, block):
-                    rows = slice(start, start + block)
-                    x = model.vae.decode(
-                        z1[rows, k],
-                        log_library[rows, k, None],
-                        batch[rows, k, None],
-                        sample=sample_counts,
-                        generator=generator,
-                        sparse=True,
-                    )
-                    yield x, z1[rows, k].numpy().astype(np.float32, copy=False)
+            x = model.vae.decode(
+                z1, log_library[:, None], batch[:, None], sample=sample_counts, generator=generator, sparse=True
+            )
+            yield x, z1.numpy().astype(np.float32, copy=False), calls
+        for t_out in time_points if over_time else []:
+            k = model.time_points.index(t_out)
+            for z1, log_library, batch, generator, calls in drawn:
+                x = model.vae.decode(
+                    z1[:, k],
+                    log_library[:, k, None],
+                    batch[:, k, None],
+                    sample=sample_counts,
+                    generator=generator,
+                    sparse=True,
+                )
+                yield x, z1[:, k].numpy().astype(np.float32, copy=False), calls
+
+    for x, z, calls in _in_order(unit, len(series), distributed):
+        nfe.append(calls)
+        yield x, z
+
+
+def block_seed(seed: int, block: int) -> int:
+    """Seed of block ``block`` of a request: ``seed`` itself for the first block, derived from both for the others.
+
+    The first block draws as one call of :meth:`~cellflow.flow.FlowModule.sample` and one
+    decoding with ``seed`` would; the others get seeds from numpy's ``SeedSequence``, which no
+    two blocks of a request share.
+    """
+    if block == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, block]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def _in_order(unit, n_units: int, distributed: bool) -> Iterator:
+    """The items of ``unit(0)``, ``unit(1)``, ... in order; with ``distributed``, computed across processes.
+
+    With ``W`` processes, process ``r`` computes units ``r``, ``r + W``, ... and every process
+    receives every unit's items, round by round (``torch.distributed.all_gather_object``):
+    memory holds one round, ``W`` units. Every process must call it.
+    """
+    rank, world = rank_and_world_size() if distributed else (0, 1)
+    if world == 1:
+        for index in range(n_units):
+            yield from unit(index)
+        return
+    for first in range(0, n_units, world):
+        mine = first + rank
+        items = list(unit(mine)) if mine < n_units else []
+        gathered = [None] * world
+        torch.distributed.all_gather_object(gathered, items)
+        for items in gathered:
+            yield from items
+
+
+def _write(out, chunks, *, distributed: bool, **options) -> AnnData:
+    """Write the chunks to ``out`` (see :func:`~cellflow.datasets._write.write_chunks`) and return the result opened.
+
+    With ``distributed`` every process takes part in making the cells, but only rank 0 writes
+    them; the others open its file once it is complete.
+    """
+    rank, world = rank_and_world_size() if distributed else (0, 1)
+    if world == 1:
+        return write_chunks(out, chunks, **options)
+    if rank == 0:
+        written = write_chunks(out, chunks, **options)
+    else:
+        for _ in chunks:  # every rank makes its share of the cells; rank 0 writes them all
+            pass
+    torch.distributed.barrier()
+    return written if rank == 0 else open_backed(out)
 
 
 def _with_obs(blocks, obs: _ObsPlan):

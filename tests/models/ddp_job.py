@@ -2,18 +2,26 @@
 
 Lightning's DDP on the CPU (gloo) starts ``PROCESSES`` processes, each running this script; both
 stages (the VAE through scvi-tools, the flow and its reflow) train under one process group. Rank 0
-saves the model. ``DATA`` may be a backed ``.h5ad`` file (``-``: simulated in memory).
+saves the model. ``DATA`` may be a backed ``.h5ad`` file (``-``: simulated in memory). The latent
+pass is split across the ranks in chunks of 256 cells (the library's are larger than these data),
+and each rank checks the gathered latents against one process's pass of the same VAE. Then the
+ranks generate cells together into ``generated.h5ad`` in the working folder.
 """
 
 import hashlib
 import sys
 
 import anndata as ad
+import numpy as np
 import torch
 
 import cellflow as cf
+from cellflow.models import _cells
 
 TRAIN = {"vae_epochs": 30, "flow_steps": 300, "reflow_kwargs": {"steps": 50, "pairs_per_group": 16, "ode_steps": 2}}
+
+
+GENERATE = {"n_cells": 1500, "covariates": {"cell_type": "type_0"}, "seed": 3}
 
 
 def main(processes: int, data: str, out: str) -> None:
@@ -24,10 +32,21 @@ def main(processes: int, data: str, out: str) -> None:
         adata = ad.read_h5ad(data, backed="r")
     cf.pp.setup(adata, perturbation_key="perturbation", control="control", covariate_keys=["cell_type"])
     model = cf.CellFlow(adata, latent_dim=4, backbone_kwargs={"hidden_dim": 16, "n_blocks": 1}, seed=5)
+    _cells.ENCODE_CHUNK = 256  # so that every rank encodes a share of these 1,200 cells
     model.train(**TRAIN, accelerator="cpu", devices=processes, trainer_kwargs={"strategy": "ddp"}, progress_bar=False)
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     print(f"rank {rank} of {world} trained weights {weights_hash(model)}", flush=True)
+    gathered = model._encoded_cells()
+    matrix = _cells.expression(adata, model.setup)
+    latent, log_library = model.vae.encode_with_library(matrix, gathered.batch, batch_size=256)
+    same = np.array_equal(gathered.latent, latent) and np.array_equal(gathered.log_library, log_library)
+    cells = len(gathered.latent)
+    print(f"rank {rank} of {world} latent pass of {cells} cells equals one process's: {same}", flush=True)
     model.save(out)
+    # Generation shared out among the ranks: 2 conditions of one block each, one per rank; rank 0 writes.
+    conditions = ["control", model.codec.tokens[0]]
+    pred = cf.tl.generate(model, conditions=conditions, **GENERATE, out="generated.h5ad", distributed=True)
+    print(f"rank {rank} of {world} generated {pred.n_obs} cells to {pred.filename.name}", flush=True)
 
 
 def weights_hash(model) -> str:

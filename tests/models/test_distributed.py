@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 
@@ -33,9 +35,22 @@ def test_two_processes_train_both_stages_and_the_saved_model_generates(tmp_path)
     hashes = dict(re.findall(r"rank (\d) of 2 trained weights ([0-9a-f]{16})", run.stdout))
     assert set(hashes) == {"0", "1"}, run.stdout
     assert hashes["0"] == hashes["1"]  # both stages kept the ranks' weights identical
+    # The latent pass was split over the two ranks and gathered: what one process computes.
+    latent_pass = dict(re.findall(r"rank (\d) of 2 latent pass of 1200 cells equals one process's: (\w+)", run.stdout))
+    assert latent_pass == {"0": "True", "1": "True"}, run.stdout
 
     model = cf.CellFlow.load(tmp_path / "model")
     assert model.is_trained and model.module.sampling.reflow_rounds == 1
+
+    # Generation was shared out between the ranks: the file holds what one process makes, and
+    # both ranks returned it.
+    assert set(re.findall(r"rank (\d) of 2 generated 3000 cells to generated.h5ad", run.stdout)) == {"0", "1"}
+    together = ad.read_h5ad(tmp_path / "generated.h5ad")
+    conditions = list(together.obs["perturbation"].unique())
+    alone = cf.tl.generate(model, conditions=conditions, n_cells=1500, covariates={"cell_type": "type_0"}, seed=3)
+    assert (together.X != alone.X).nnz == 0
+    np.testing.assert_array_equal(together.obsm["X_cellflow"], alone.obsm["X_cellflow"])
+    pd.testing.assert_frame_equal(together.obs, alone.obs)
 
     def mean_log(x):
         x = x.toarray() if sp.issparse(x) else np.asarray(x)

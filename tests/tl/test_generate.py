@@ -111,6 +111,7 @@ def test_non_finite_latents_are_refused_before_decoding(trained_copy):
         ({"doses": 0.5}, "doses must be a list"),
         ({"doses": [None]}, r"doses\[0\]=None must be a number"),
         ({"sample_counts": "no"}, "sample_counts must be True"),
+        ({"distributed": "yes"}, "distributed must be True or False"),
     ],
 )
 def test_arguments_of_the_wrong_type(trained, kwargs, message):
