@@ -1,14 +1,16 @@
 """How training from disk scales with the number of cells: wall time per stage, cells per second, peak memory.
 
-For each size, in a fresh process (so that its peak resident memory is its own): a screen of
-``--genes`` genes is simulated straight to an ``.h5ad`` file in chunks, opened in backed mode
-(the counts stay on disk), registered, and trained end to end (VAE from disk through the
-block-shuffling loader, one chunked latent pass, flow, reflow); then ``--generate`` cells are
-generated to disk when ``cf.tl.generate`` can stream (``out=``). Reported per stage: seconds,
-cells (or cell passes) per second and the process's peak RSS after the stage.
+For each size, in a fresh process: a screen of ``--genes`` genes is simulated straight to an
+``.h5ad`` file in chunks, opened in backed mode (the counts stay on disk), registered, trained end
+to end (VAE from disk through the block-shuffling loader, one chunked latent pass, flow, reflow)
+and saved. Then, in another fresh process, as a user's generation run would: the saved model is
+loaded and as many cells as the screen has (or ``--generate``) are generated to disk
+(``out=``). Reported per stage: seconds, cells (or cell passes) per second, the peak RSS of its
+phase (simulation, training as a whole, loading plus generation; the kernel's high-water mark
+reset per phase) and of its process so far.
 
-Run: ``.venv/bin/python -u benchmarks/scale_training.py --cells 10000 100000 [--genes 2000]
-[--vae-epochs N] [--flow-steps N] [--threads 2] [--out DIR] [--results-page]``. Without
+Run: ``.venv/bin/python -u benchmarks/scale_training.py --cells 10000 100000 1000000 [--genes 2000]
+[--vae-epochs N] [--flow-steps N] [--generate N] [--threads 2] [--out DIR] [--results-page]``. Without
 ``--vae-epochs`` the VAE trains for the library's default length for that size.
 """
 
@@ -33,35 +35,37 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def stage_row(n_cells: int, stage: str, seconds: float, cells: float, phase: dict, note: str = "") -> dict:
+    """One row of the table: a stage's time, rate and memory (its phase's peak, the process's peak so far)."""
+    return {
+        "cells": n_cells,
+        "stage": stage,
+        "seconds": seconds,
+        "cells_per_s": cells / seconds if seconds > 0 else float("nan"),
+        "us_per_cell": 1e6 * seconds / n_cells,
+        "phase_peak_mb": phase.get("peak_mb", float("nan")),
+        "process_peak_mb": peak_mb(),
+        "note": note,
+    }
+
+
 def one_size(n_cells: int, args: argparse.Namespace, folder: Path) -> list[dict]:
-    """Simulate, train and generate at one size; one row per stage."""
+    """Simulate to disk and train from it at one size, then save the model; one row per stage."""
     import anndata as ad
     import torch
+    from _measure import PeakMemory
 
     import cellflow as cf
 
     torch.set_num_threads(args.threads)
-    rows = []
-
-    def row(stage, seconds, cells, note=""):
-        rows.append(
-            {
-                "cells": n_cells,
-                "stage": stage,
-                "seconds": seconds,
-                "cells_per_s": cells / seconds if seconds > 0 else float("nan"),
-                "us_per_cell": 1e6 * seconds / n_cells,
-                "peak_rss_mb": peak_mb(),
-                "note": note,
-            }
-        )
-
+    memory, rows = PeakMemory(), []
     path = folder / f"screen_{n_cells}.h5ad"
-    tic = time.perf_counter()
+    phase, tic = memory.start(), time.perf_counter()
     cf.datasets.simulate_perturbseq(
         n_cells=n_cells, n_genes=args.genes, n_perturbations=40, n_combinations=40, seed=0, out=path, overwrite=True
     )
-    row("simulate to disk", time.perf_counter() - tic, n_cells)
+    seconds, simulated = time.perf_counter() - tic, memory.stop(phase)
+    rows.append(stage_row(n_cells, "simulate to disk", seconds, n_cells, simulated))
 
     adata = ad.read_h5ad(path, backed="r")
     cf.pp.setup(adata, perturbation_key="perturbation", control="control")
@@ -71,24 +75,46 @@ def one_size(n_cells: int, args: argparse.Namespace, folder: Path) -> list[dict]
         train["vae_epochs"] = args.vae_epochs
     if args.flow_steps is not None:
         train["flow_steps"] = args.flow_steps
+    phase = memory.start()
     model.train(**train)
+    trained = memory.stop(phase)  # one phase for the whole training: its rows share the peak
     history = model.history
-    epochs = args.vae_epochs if args.vae_epochs is not None else len(history.get("vae_loss", [])) or float("nan")
-    row("VAE (from disk) + latent pass", history["vae_seconds"], n_cells * epochs, f"{epochs} epochs; cell passes/s")
-    row("flow", history["flow_seconds"], n_cells, f"{history['flow_steps']} steps")
+    epochs = len(history.get("vae_loss", [])) if args.vae_epochs is None else args.vae_epochs
+    note = f"{epochs} epochs ({-(-n_cells // 128) * epochs:,} steps); cell passes/s"
+    rows.append(
+        stage_row(n_cells, "VAE (from disk) + latent pass", history["vae_seconds"], n_cells * epochs, trained, note)
+    )
+    rows.append(stage_row(n_cells, "flow", history["flow_seconds"], n_cells, trained, f"{history['flow_steps']} steps"))
     if "reflow_seconds" in history:
-        row("reflow", history["reflow_seconds"], n_cells)
-    conditions = [c for c in adata.obs["perturbation"].astype(str).unique() if c != "control"][:5]
-    per_condition = max(1, args.generate // len(conditions))
-    tic = time.perf_counter()
-    try:
-        out = folder / f"pred_{n_cells}.h5ad"
-        cf.tl.generate(model, conditions=conditions, n_cells=per_condition, seed=0, out=out, overwrite=True)
-        row("generate to disk", time.perf_counter() - tic, per_condition * len(conditions))
-    except TypeError as error:  # a release without streamed generation
-        rows.append({"cells": n_cells, "stage": "generate to disk", "note": f"not run: {error}"})
+        rows.append(stage_row(n_cells, "reflow", history["reflow_seconds"], n_cells, trained))
+    model.save(folder / f"model_{n_cells}", overwrite=True)
     adata.file.close()
     return rows
+
+
+def generate_from(model_dir: Path, n_cells: int, args: argparse.Namespace) -> list[dict]:
+    """Load a saved model in this fresh process and generate ``--generate`` cells to disk: a user's generation run."""
+    import torch
+    from _measure import PeakMemory
+
+    import cellflow as cf
+
+    torch.set_num_threads(args.threads)
+    memory = PeakMemory()
+    phase = memory.start()
+    model = cf.CellFlow.load(model_dir)
+    conditions = [c for c in model.codec.tokens][:5]
+    per_condition = max(1, (args.generate or n_cells) // len(conditions))
+    tic = time.perf_counter()
+    out = model_dir.with_name(f"pred_{n_cells}.h5ad")
+    cf.tl.generate(model, conditions=conditions, n_cells=per_condition, seed=0, out=out, overwrite=True)
+    seconds = time.perf_counter() - tic
+    made = per_condition * len(conditions)
+    note = f"{made:,} cells of {len(conditions)} singles, a fresh process that loads the model"
+    row = stage_row(n_cells, "generate to disk", seconds, made, memory.stop(phase), note)
+    row["us_per_cell"] = 1e6 * seconds / made
+    out.unlink()
+    return [row]
 
 
 def markdown_table(table: pd.DataFrame) -> str:
@@ -110,10 +136,11 @@ def main() -> None:
     parser.add_argument("--genes", type=int, default=2000)
     parser.add_argument("--vae-epochs", type=int, default=None)
     parser.add_argument("--flow-steps", type=int, default=None)
-    parser.add_argument("--generate", type=int, default=100_000, help="cells generated to disk at each size")
+    parser.add_argument("--generate", type=int, default=None, help="cells generated to disk (default: the screen's)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # a child process's size
+    parser.add_argument("--generate-from", type=int, default=None, help=argparse.SUPPRESS)  # a child's size
     parser.add_argument("--folder", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument(RESULTS_FLAG, action="store_true", help=RESULTS_HELP)
     args = parser.parse_args()
@@ -121,22 +148,27 @@ def main() -> None:
     if args.one is not None:
         print(json.dumps(one_size(args.one, args, args.folder)))
         return
+    if args.generate_from is not None:
+        print(json.dumps(generate_from(args.folder / f"model_{args.generate_from}", args.generate_from, args)))
+        return
     out = args.out or Path(tempfile.mkdtemp(prefix="cellflow-scale-"))
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for n_cells in args.cells:
-        command = [sys.executable, "-u", __file__, "--one", str(n_cells), "--folder", str(out)]
-        for flag in ("genes", "vae_epochs", "flow_steps", "generate", "threads"):
-            value = getattr(args, flag)
-            if value is not None:
-                command += [f"--{flag.replace('_', '-')}", str(value)]
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-        done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-        if done.returncode != 0:
-            print(done.stderr[-3000:], file=sys.stderr)
-            raise SystemExit(f"size {n_cells} failed")
-        rows += json.loads(done.stdout.strip().splitlines()[-1])
-        print(pd.DataFrame(rows).to_string(index=False), flush=True)
+        for mode in ("--one", "--generate-from"):
+            command = [sys.executable, "-u", __file__, mode, str(n_cells), "--folder", str(out)]
+            for flag in ("genes", "vae_epochs", "flow_steps", "generate", "threads"):
+                value = getattr(args, flag)
+                if value is not None:
+                    command += [f"--{flag.replace('_', '-')}", str(value)]
+            env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+            done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+            if done.returncode != 0:
+                print(done.stderr[-3000:], file=sys.stderr)
+                raise SystemExit(f"size {n_cells} failed ({mode})")
+            rows += json.loads(done.stdout.strip().splitlines()[-1])
+            print(pd.DataFrame(rows).to_string(index=False), flush=True)
+            pd.DataFrame(rows).to_csv(out / "scale_training.csv", index=False)
     table = pd.DataFrame(rows)
     table.to_csv(out / "scale_training.csv", index=False)
     markdown = markdown_table(table)
