@@ -103,7 +103,7 @@ def generate_from(model_dir: Path, n_cells: int, args: argparse.Namespace) -> li
     memory = PeakMemory()
     phase = memory.start()
     model = cf.CellFlow.load(model_dir)
-    conditions = [c for c in model.codec.tokens][:5]
+    conditions = list(model.codec.tokens)[:5]
     per_condition = max(1, (args.generate or n_cells) // len(conditions))
     tic = time.perf_counter()
     out = model_dir.with_name(f"pred_{n_cells}.h5ad")
