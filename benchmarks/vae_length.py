@@ -58,11 +58,66 @@ def markdown_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def final_kl_fraction(warmup: dict, epochs: int, n_cells: int, batch_size: int = 128) -> float:
-    """Share of the maximum KL weight reached at the last step (scvi-tools' linear warm-up)."""
+def final_kl_fraction(warmup: dict, epochs: int, steps: int) -> float:
+    """Share of the maximum KL weight reached at the last of ``steps`` steps (scvi-tools' linear warm-up)."""
     if warmup["kl_warmup_epochs"]:
         return min(1.0, (epochs - 1) / warmup["kl_warmup_epochs"])
-    return min(1.0, (epochs * -(-n_cells // batch_size) - 1) / warmup["kl_warmup_steps"])
+    return min(1.0, (steps - 1) / warmup["kl_warmup_steps"])
+
+
+def train_and_score(args: argparse.Namespace, path: Path) -> list[dict]:
+    """Simulate the screen to ``path``, then train and score the VAE for each ``--epochs``; one row each."""
+    import anndata as ad
+
+    import cellflow as cf
+    from cellflow.models._cells import vae_config
+    from cellflow.train import VAETrainingConfig
+    from cellflow.vae import LatentVAE
+    from cellflow.vae._disk import RowRange
+
+    total = args.cells + args.heldout
+    cf.datasets.simulate_perturbseq(
+        n_cells=total, n_genes=args.genes, n_perturbations=40, n_combinations=40, seed=0, out=path, overwrite=True
+    )
+    adata = ad.read_h5ad(path, backed="r")
+    cf.pp.setup(adata, perturbation_key="perturbation", control="control")
+    defaults = cf.CellFlow(adata, seed=0).config
+    training = VAETrainingConfig()
+    rows = []
+    for epochs in args.epochs:
+        warmup = training.kl_warmup_for(epochs, args.cells)
+        tic = time.perf_counter()
+        vae = LatentVAE.fit(
+            RowRange(adata.X, 0, args.cells),
+            batch=None,
+            config=vae_config(defaults, args.genes),
+            max_epochs=epochs,
+            **warmup,
+            batch_size=training.batch_size,
+            accelerator="cpu",
+            devices=1,
+            progress_bar=False,
+            kl_weight=defaults.vae_kl_weight,
+            seed=0,
+        )
+        seconds = time.perf_counter() - tic
+        recon, kl = heldout_terms(vae, adata.X, args.cells, total)
+        steps = epochs * -(-args.cells // training.batch_size)
+        rows.append(
+            {
+                "training cells": args.cells,
+                "epochs": epochs,
+                "steps": steps,
+                "final KL weight": defaults.vae_kl_weight * final_kl_fraction(warmup, epochs, steps),
+                "held-out NLL per cell": recon,
+                "held-out KL per cell": kl,
+                "held-out -ELBO per cell": recon + kl,
+                "seconds": seconds,
+            }
+        )
+        print(pd.DataFrame(rows).to_string(index=False), flush=True)
+    adata.file.close()
+    return rows
 
 
 def main() -> None:
@@ -75,65 +130,11 @@ def main() -> None:
     parser.add_argument(RESULTS_FLAG, action="store_true", help=RESULTS_HELP)
     args = parser.parse_args()
 
-    import anndata as ad
     import torch
 
-    import cellflow as cf
-    from cellflow.train import VAETrainingConfig
-    from cellflow.vae import LatentVAE, VAEConfig
-    from cellflow.vae._disk import RowRange
-
     torch.set_num_threads(args.threads)
-    folder = Path(tempfile.mkdtemp(prefix="cellflow-vae-length-"))
-    path = folder / "screen.h5ad"
-    total = args.cells + args.heldout
-    cf.datasets.simulate_perturbseq(
-        n_cells=total, n_genes=args.genes, n_perturbations=40, n_combinations=40, seed=0, out=path, overwrite=True
-    )
-    adata = ad.read_h5ad(path, backed="r")
-    cf.pp.setup(adata, perturbation_key="perturbation", control="control")
-    defaults = cf.CellFlow(adata, seed=0).config
-    training = VAETrainingConfig()
-    rows = []
-    for epochs in args.epochs:
-        config = VAEConfig(
-            n_input=args.genes,
-            n_latent=defaults.latent_dim,
-            n_hidden=defaults.vae_hidden,
-            n_layers=defaults.vae_layers,
-            gene_likelihood=defaults.likelihood,
-        )
-        warmup = training.kl_warmup_for(epochs, args.cells)
-        tic = time.perf_counter()
-        vae = LatentVAE.fit(
-            RowRange(adata.X, 0, args.cells),
-            batch=None,
-            config=config,
-            max_epochs=epochs,
-            **warmup,
-            batch_size=training.batch_size,
-            accelerator="cpu",
-            devices=1,
-            progress_bar=False,
-            kl_weight=defaults.vae_kl_weight,
-            seed=0,
-        )
-        seconds = time.perf_counter() - tic
-        recon, kl = heldout_terms(vae, adata.X, args.cells, total)
-        rows.append(
-            {
-                "training cells": args.cells,
-                "epochs": epochs,
-                "steps": epochs * -(-args.cells // training.batch_size),
-                "final KL weight": defaults.vae_kl_weight * final_kl_fraction(warmup, epochs, args.cells),
-                "held-out NLL per cell": recon,
-                "held-out KL per cell": kl,
-                "held-out -ELBO per cell": recon + kl,
-                "seconds": seconds,
-            }
-        )
-        print(pd.DataFrame(rows).to_string(index=False), flush=True)
-    adata.file.close()
+    with tempfile.TemporaryDirectory(prefix="cellflow-vae-length-") as folder:  # the screen: 7.5 GB at 1M cells
+        rows = train_and_score(args, Path(folder) / "screen.h5ad")
     table = pd.DataFrame(rows)
     markdown = markdown_table(table)
     print(markdown)

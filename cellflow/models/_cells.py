@@ -41,6 +41,17 @@ def batch_codes(adata, batch_key: str | None, categories: list[str] | None = Non
     return list(categorical.categories), categorical.codes.astype(np.int64)
 
 
+def vae_config(config: CellFlowConfig, n_genes: int) -> VAEConfig:
+    """The scvi-tools VAE a model of ``config`` builds for ``n_genes`` genes."""
+    return VAEConfig(
+        n_input=n_genes,
+        n_latent=config.latent_dim,
+        n_hidden=config.vae_hidden,
+        n_layers=config.vae_layers,
+        gene_likelihood=config.likelihood,
+    )
+
+
 def fit_vae(
     adata,
     setup,
@@ -60,19 +71,12 @@ def fit_vae(
     """
     pl.seed_everything(config.seed, verbose=False)
     categories, batch = batch_codes(adata, config.batch_key)
-    vae_config = VAEConfig(
-        n_input=adata.n_vars,
-        n_latent=config.latent_dim,
-        n_hidden=config.vae_hidden,
-        n_layers=config.vae_layers,
-        gene_likelihood=config.likelihood,
-    )
     epochs = training.epochs_for(adata.n_obs)
     with quiet_lightning(), interruptible():
         vae = LatentVAE.fit(
             expression(adata, setup),
             batch=batch,
-            config=vae_config,
+            config=vae_config(config, adata.n_vars),
             max_epochs=epochs,
             **training.kl_warmup_for(epochs, adata.n_obs),
             batch_size=max(2, training.batch_size // processes(devices, trainer_kwargs)),

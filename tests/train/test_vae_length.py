@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import scvi
 
 from cellflow.train import VAETrainingConfig
 from cellflow.train._config import MIN_EPOCHS
@@ -48,8 +49,6 @@ def test_the_kl_warmup_keeps_scvi_tools_epochs_for_small_screens_and_ends_at_an_
 
 def kl_weight_of_training(monkeypatch, **warmup) -> float:
     """The KL weight scvi-tools logged while LatentVAE.fit trained 2 epochs of 9 steps on 600 cells."""
-    import scvi
-
     logged = {}
     train = scvi.model.SCVI.train
 
