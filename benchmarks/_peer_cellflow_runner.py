@@ -45,9 +45,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True, help="directory for predictions and timings")
     parser.add_argument("--iterations", type=int, default=200_000, help="training iterations (authors' Norman: 200000)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="cells per iteration (authors': 1024)")
+    parser.add_argument(
+        "--width",
+        type=int,
+        default=None,
+        help="width of every layer of the velocity field (time encoder, hidden and decoder layers; default: the "
+        "authors' 1024/2048 configuration)",
+    )
+    parser.add_argument(
+        "--accumulate", type=int, default=20, help="iterations per parameter update (authors': optax.MultiSteps 20)"
+    )
+    parser.add_argument("--lr", type=float, default=5e-5, help="Adam's learning rate (authors': 5e-5)")
+    parser.add_argument(
+        "--epsilon", type=float, default=0.1, help="entropic OT coupling's epsilon (authors': 0.1); 0: no coupling"
+    )
+    parser.add_argument(
+        "--ode-steps",
+        type=int,
+        default=0,
+        help="generate with this many fixed Euler steps (0: the peer's default adaptive Tsit5, tolerances 1e-5)",
+    )
     args = parser.parse_args(argv)
-    if args.iterations < 1:
-        parser.error(f"--iterations {args.iterations}: give at least 1.")
+    if args.ode_steps < 0:
+        parser.error("--ode-steps must be 0 (adaptive) or more.")
+    if min(args.iterations, args.batch_size, args.accumulate) < 1 or (args.width is not None and args.width < 1):
+        parser.error("--iterations, --batch-size, --accumulate and --width must be at least 1.")
     return args
 
 
@@ -57,14 +80,19 @@ def versions() -> dict[str, str]:
     return {name: metadata.version(name) for name in names}
 
 
-def norman_model_kwargs(seed: int) -> dict:
-    """``prepare_model`` arguments of the authors' Norman run (conf/model/norman.yaml)."""
+def norman_model_kwargs(seed: int, args: argparse.Namespace | None = None) -> dict:
+    """``prepare_model`` arguments of the authors' Norman run (conf/model/norman.yaml), or of a cheaper variant.
+
+    ``args`` (the command line) may narrow every layer of the velocity field to ``--width``,
+    change the learning rate, the accumulation of iterations per update and the OT coupling's
+    epsilon (0: independent pairs): the settings a user would try to make the peer faster.
+    """
     import functools
 
     import optax
     from cellflow.utils import match_linear
 
-    return {
+    kwargs = {
         "condition_mode": "deterministic",
         "regularization": 0.1,
         "pooling": "mean",
@@ -89,6 +117,27 @@ def norman_model_kwargs(seed: int) -> dict:
         "linear_projection_before_concatenation": False,
         "seed": seed,
     }
+    if args is None:
+        return kwargs
+    if args.width is not None:
+        w = args.width
+        kwargs |= {"time_encoder_dims": [w] * 3, "hidden_dims": [w] * 3, "decoder_dims": [w] * 3}
+    optimizer = optax.adam(args.lr)
+    kwargs["optimizer"] = optax.MultiSteps(optimizer, args.accumulate) if args.accumulate > 1 else optimizer
+    if args.epsilon > 0:
+        kwargs["match_fn"] = functools.partial(
+            match_linear, epsilon=args.epsilon, scale_cost="mean", tau_a=1.0, tau_b=1.0
+        )
+    else:  # the solver jits its match_fn, so no coupling is the identity plan: each source keeps its drawn target
+        kwargs["match_fn"] = _independent_pairs
+    return kwargs
+
+
+def _independent_pairs(source, target):
+    """A transport plan that pairs the i-th source with the i-th target (both drawn at random): no OT."""
+    import jax.numpy as jnp
+
+    return jnp.eye(source.shape[0], target.shape[0]) / source.shape[0]
 
 
 def preprocess(adata):
@@ -108,7 +157,16 @@ def preprocess(adata):
     adata.uns["gene_onehot"][CONTROL_TOKEN] = np.zeros(width)  # an all-null token is masked as padding
 
 
-def generate(model, adata, held_out: list[dict], seed: int):
+def solver_options(ode_steps: int) -> dict:
+    """``diffrax.diffeqsolve`` options of generation: the peer's default (adaptive) for 0, else fixed Euler steps."""
+    if ode_steps == 0:
+        return {}
+    import diffrax
+
+    return {"solver": diffrax.Euler(), "stepsize_controller": diffrax.ConstantStepSize(), "dt0": 1.0 / ode_steps}
+
+
+def generate(model, adata, held_out: list[dict], seed: int, ode_steps: int = 0):
     """Push control cells through the flow for each held-out double; decode to log-normalised genes."""
     import anndata as ad
     import numpy as np
@@ -128,7 +186,13 @@ def generate(model, adata, held_out: list[dict], seed: int):
         covariates = pd.DataFrame(
             {"gene_1": [item["gene_1"]], "gene_2": [item["gene_2"]], "condition": [item["condition"]], "control": False}
         )
-        out = model.predict(adata=source, covariate_data=covariates, sample_rep="X_pca", condition_id_key="condition")
+        out = model.predict(
+            adata=source,
+            covariate_data=covariates,
+            sample_rep="X_pca",
+            condition_id_key="condition",
+            **solver_options(ode_steps),
+        )
         decoded = ad.AnnData(
             X=np.zeros((n_cells, adata.n_vars), dtype=np.float32), var=pd.DataFrame(index=adata.var_names)
         )
@@ -168,13 +232,13 @@ def main(argv: list[str] | None = None) -> None:
         perturbation_covariates={"target_gene": ("gene_1", "gene_2")},
         perturbation_covariate_reps={"target_gene": "gene_onehot"},
     )
-    model.prepare_model(**norman_model_kwargs(args.seed))
+    model.prepare_model(**norman_model_kwargs(args.seed, args))
     info["preprocess_seconds"] = time.perf_counter() - start
     print(f"peer: preprocessing and model set-up {info['preprocess_seconds']:.1f} s", flush=True)
 
     train_start = time.perf_counter()
     # No validation data: valid_freq past the last iteration, as in the authors' Norman run (400000).
-    model.train(num_iterations=args.iterations, batch_size=BATCH_SIZE, valid_freq=args.iterations + 1)
+    model.train(num_iterations=args.iterations, batch_size=args.batch_size, valid_freq=args.iterations + 1)
     info["train_seconds"] = time.perf_counter() - train_start
     losses = model.trainer.training_logs["loss"]
     info["final_loss"] = float(np.mean(losses[-min(len(losses), 100) :]))
@@ -185,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
         flush=True,
     )
 
-    pred, labels, seconds = generate(model, adata, held_out, args.seed)
+    pred, labels, seconds = generate(model, adata, held_out, args.seed, args.ode_steps)
     info["generate_seconds_per_condition"] = seconds
     info["generate_seconds"] = sum(seconds.values())
     info["end_to_end_seconds"] = time.perf_counter() - start

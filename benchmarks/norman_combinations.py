@@ -5,9 +5,11 @@ model trains on every other cell. Each held-out double is generated from the mod
 compared with its real cells, next to the additive and control baselines (fitted on the
 training split) and the noise floor (half of the real cells predicting the other half).
 Everything is scored in log-normalised expression; the energy distance uses 50 principal
-components fitted on the real data. Two protocols: every method predicts as many cells as the
-real double has (``predicted_cells`` column ``matched``), and ``--predicted-cells`` cells
-(default 2,000; the column holds the number). The second removes the prediction's own
+components fitted on the real data. Next to it, two distances between the distributions on the
+same components, which see spread and shape and not only the means: the energy distance with
+unsquared distances (``energy_distance_unsquared``) and the MMD (``mmd``). Two protocols: every
+method predicts as many cells as the real double has (``predicted_cells`` column ``matched``), and
+``--predicted-cells`` cells (default 2,000; the column holds the number). The second removes the prediction's own
 sampling noise: the energy distance (squared Euclidean, scPerturb) estimates twice the squared
 distance of the means in PC space without bias at any size, but with ~100 predicted cells its
 spread across seeds is as large as the differences between methods, and sampling noise lowers
@@ -19,15 +21,16 @@ chooses it on the training cells alone (the held-out doubles are removed first);
 prefers 0.6 on both of its metrics, so ``--vae-kl-weight 0.6`` is the setting chosen without the
 test set.
 
-Run: ``.venv/bin/python -u benchmarks/norman_combinations.py [--seed 0] [--seeds N] [--flow-steps 2000]
-[--latent-dim 32] [--source control] [--source-shift measured] [--reflow-rounds 1] [--pooling mean]
+Run: ``.venv/bin/python -u benchmarks/norman_combinations.py [--seed 0] [--seeds N] [--preset default]
+[--flow-steps N] [--latent-dim 32] [--source control] [--source-shift measured] [--reflow-rounds N] [--pooling mean]
 [--predicted-cells 2000] [--vae-kl-weight 1] [--save-models DIR] [--report RUN1/results.csv RUN2/results.csv]
 [--backbone-kwargs '{"hidden_dim": 512}'] [--out DIR] [--results-page]``
 
 ``--results-page`` writes the seed summary of both protocols, the verdicts and the times into the
 section ``norman_combinations`` of ``docs/results.md`` (``norman_combinations-kl0.6`` with
-``--vae-kl-weight 0.6``; with ``--report``, pass the ``--vae-kl-weight`` the runs used to pick the
-section). The page's numbers come from ``--seeds 4`` (or four ``--seed`` runs joined by ``--report``).
+``--vae-kl-weight 0.6``, ``norman_combinations-best`` with ``--preset best``; with ``--report``,
+pass the ``--vae-kl-weight`` and ``--preset`` the runs used to pick the section). The page's numbers
+come from ``--seeds 4`` (or four ``--seed`` runs joined by ``--report``).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ import pandas as pd
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "norman2019_mcfaline2023_subset.h5ad"
 METHODS = ["cellflow", "cellflow_no_reflow", "latent_arithmetic", "vae_ceiling", "additive", "control", "noise_floor"]
-METRICS = ["energy_distance", "pearson_delta_top20", "pearson_delta"]
+METRICS = ["energy_distance", "pearson_delta_top20", "pearson_delta", "energy_distance_unsquared", "mmd"]
 N_DOUBLES = 5
 
 
@@ -54,7 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="first training seed")
     parser.add_argument("--seeds", type=int, default=1, help="number of training seeds (seed, seed+1, ...)")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the split (all 5 qualify)")
-    parser.add_argument("--flow-steps", type=int, default=2000)
+    parser.add_argument("--preset", default="default", help="cellflow's preset (fast, default, best)")
+    parser.add_argument("--flow-steps", type=int, default=None, help="flow steps (default: the preset's)")
     parser.add_argument("--latent-dim", type=int, default=32)
     parser.add_argument("--vae-epochs", type=int, default=None, help="VAE epochs (default: cellflow's)")
     parser.add_argument("--vae-batch-size", type=int, default=None, help="VAE minibatch size (default: cellflow's)")
@@ -64,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--source-shift", default=None, choices=["measured", "additive", "none"], help="default: cellflow's"
     )
     parser.add_argument(
-        "--reflow-rounds", type=int, default=1, help="reflow rounds after training (cellflow's default: 1)"
+        "--reflow-rounds", type=int, default=None, help="reflow rounds after training (default: the preset's)"
     )
     parser.add_argument("--pooling", default="sum", choices=["mean", "sum", "attention"])
     parser.add_argument("--backbone-kwargs", type=json.loads, default={}, help="JSON, e.g. '{\"hidden_dim\": 512}'")
@@ -87,6 +91,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--results-page", action="store_true", help="write the summary into docs/results.md (off by default)"
     )
     args = parser.parse_args(argv)
+    from cellflow.models import PRESETS
+
+    if args.preset not in PRESETS:
+        parser.error(f"--preset {args.preset!r}: give one of {sorted(PRESETS)}.")
+    if args.reflow_rounds is None:
+        args.reflow_rounds = PRESETS[args.preset].reflow.get("rounds", 1)
     if args.reflow_rounds < 0:
         parser.error(f"--reflow-rounds {args.reflow_rounds}: give 0 or more.")
     if args.predicted_cells < 2:
@@ -139,6 +149,7 @@ def train_and_score(adata, frame, train, held_out, baselines, args, seed: int) -
         backbone_kwargs=args.backbone_kwargs,
         vae_kl_weight=args.vae_kl_weight,
         seed=seed,
+        preset=args.preset,
     )
     vae_options = {} if args.vae_batch_size is None else {"batch_size": args.vae_batch_size}
     model.train(
@@ -174,7 +185,7 @@ def train_and_score(adata, frame, train, held_out, baselines, args, seed: int) -
     if args.reflow_rounds:
         results.loc[results["method"] == "cellflow", "method"] = "cellflow_no_reflow"
         # The reflow that model.train() runs by default (steps: half of flow_steps), scored separately.
-        model.reflow(rounds=args.reflow_rounds, steps=max(1, args.flow_steps // 2), progress_bar=False)
+        model.reflow(rounds=args.reflow_rounds, steps=max(1, model.flow_config.steps // 2), progress_bar=False)
         after = score([], vae_ceiling=False)
         after = after[after["method"] == "cellflow"].assign(
             vae_seconds=model.history["vae_seconds"],
@@ -206,7 +217,7 @@ def seed_summary(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def verdict_lines(results: pd.DataFrame) -> list[str]:
-    """One line per target: energy distance below additive; Pearson delta top-20 at least additive's."""
+    """One line per target: energy distance and MMD below additive; Pearson delta top-20 at least additive's."""
     per_seed = results.groupby(["method", "seed"])[METRICS].mean()
     mean = per_seed.groupby("method").mean()
 
@@ -216,11 +227,14 @@ def verdict_lines(results: pd.DataFrame) -> list[str]:
 
     energy_ok = mean.loc["cellflow", "energy_distance"] < mean.loc["additive", "energy_distance"]
     pearson_ok = mean.loc["cellflow", "pearson_delta_top20"] >= mean.loc["additive", "pearson_delta_top20"]
+    mmd_ok = mean.loc["cellflow", "mmd"] < mean.loc["additive", "mmd"]
     return [
         f"energy distance: cellflow {fmt('energy_distance', 'cellflow')} vs additive "
         f"{fmt('energy_distance', 'additive')} -> {'below' if energy_ok else 'NOT below'}",
         f"pearson delta top20: cellflow {fmt('pearson_delta_top20', 'cellflow')} vs additive "
         f"{fmt('pearson_delta_top20', 'additive')} -> {'at least' if pearson_ok else 'NOT at least'}",
+        f"MMD: cellflow {fmt('mmd', 'cellflow')} vs additive {fmt('mmd', 'additive')} -> "
+        f"{'below' if mmd_ok else 'NOT below'}",
     ]
 
 
@@ -234,7 +248,7 @@ def report(results: pd.DataFrame, predicted_cells: int) -> None:
         print(f"\n=== {cells} per held-out double ===")
         with pd.option_context("display.width", 160, "display.precision", 4):
             for metric in METRICS:
-                note = "lower is better" if metric == "energy_distance" else "higher is better"
+                note = "higher is better" if metric.startswith("pearson") else "lower is better"
                 print(f"\n{metric} ({note}; per held-out double, mean over {len(seeds)} seed(s)):")
                 print(per_condition_table(rows, metric).to_string())
             if len(seeds) > 1:
@@ -264,7 +278,8 @@ def results_page_section(results: pd.DataFrame, args: argparse.Namespace) -> Non
     seeds = sorted(results["seed"].unique())
     parts = [
         provenance(
-            f"Held out: {', '.join(sorted(results['condition'].unique()))}; VAE KL weight {args.vae_kl_weight:g}; "
+            f"Held out: {', '.join(sorted(results['condition'].unique()))}; preset {args.preset}; "
+            f"VAE KL weight {args.vae_kl_weight:g}; "
             f"seeds {', '.join(str(s) for s in seeds)}. Mean over the held-out doubles, then "
             + ("mean ± sd over the seeds." if len(seeds) > 1 else "one seed.")
         )
@@ -287,6 +302,7 @@ def results_page_section(results: pd.DataFrame, args: argparse.Namespace) -> Non
         f"reflow {times['reflow_seconds']:.0f} s."
     )
     name = "norman_combinations" + ("" if args.vae_kl_weight == 1.0 else f"-kl{args.vae_kl_weight:g}")
+    name += "" if args.preset == "default" else f"-{args.preset}"
     write_results_section(name, "\n\n".join(parts))
 
 
@@ -317,7 +333,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     print(f"Norman 2019 (K562 CRISPRa): {adata.n_obs} cells x {adata.n_vars} genes; train {train.n_obs} cells")
     print(f"held out ({len(held_out)} doubles, both singles in training): {', '.join(held_out)}")
     print(
-        f"cellflow: backbone=mlp latent_dim={args.latent_dim} flow_steps={args.flow_steps} source={args.source} "
+        f"cellflow: preset={args.preset} backbone=mlp latent_dim={args.latent_dim} flow_steps={args.flow_steps} "
+        f"source={args.source} "
         f"source_shift={args.source_shift} reflow_rounds={args.reflow_rounds} "
         f"pooling={args.pooling} backbone_kwargs={args.backbone_kwargs} vae_epochs={args.vae_epochs} "
         f"vae_batch_size={args.vae_batch_size} vae_kl_weight={args.vae_kl_weight}; seeds {seeds}"

@@ -257,7 +257,7 @@ def run_ours(nc, adata, frame, train, held_out, baselines, seed: int, data: Path
         "end_to_end_seconds": train_seconds + generate,
     }
     print(
-        f"ours: VAE {row['vae_seconds']:.1f} s, flow {row['flow_seconds']:.1f} s ({ours_args.flow_steps} steps), "
+        f"ours ({ours_args.preset} preset): VAE {row['vae_seconds']:.1f} s, flow {row['flow_seconds']:.1f} s, "
         f"reflow {row['reflow_seconds']:.1f} s, generation {generate:.1f} s",
         flush=True,
     )

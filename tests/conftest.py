@@ -73,12 +73,12 @@ def screen():
 
 @pytest.fixture(scope="session")
 def trained(screen):
-    """A CellFlow model trained briefly on the training part of ``screen``."""
+    """A CellFlow model trained briefly on the training part of ``screen``, with one reflow round (Euler sampling)."""
     import cellflow as cf
 
     _, _, _, train = screen
     model = cf.CellFlow(train, latent_dim=16, backbone_kwargs={"hidden_dim": 128, "n_blocks": 2}, seed=0)
-    model.train(vae_epochs=40, flow_steps=600, progress_bar=False, accelerator="cpu")
+    model.train(vae_epochs=40, flow_steps=600, reflow_rounds=1, progress_bar=False, accelerator="cpu")
     return model
 
 

@@ -329,6 +329,23 @@ def test_train_passes_overwrite_and_checkpoint_dir(model_dir, data_file, tmp_pat
     assert recorded_train["save"][-1] == (str(tmp_path / "new"), {"overwrite": False})
 
 
+def test_train_passes_the_preset(data_file, tmp_path, recorded_train, monkeypatch):
+    built = []
+    real_init = cf.CellFlow.__init__
+
+    def init(self, adata, **kwargs):
+        built.append(kwargs)
+        real_init(self, adata, **kwargs)
+
+    monkeypatch.setattr(cf.CellFlow, "__init__", init)
+    base = ["train", "--data", str(data_file), "--quiet", "--out"]
+    assert main([*base, str(tmp_path / "a"), "--preset", "best"]) == 0
+    assert built[-1]["preset"] == "best"
+    assert main([*base, str(tmp_path / "b")]) == 0
+    assert "preset" not in built[-1]  # not given: the library's default
+    assert main([*base, str(tmp_path / "c"), "--preset", "quick"]) == 2  # refused by argparse, with the choices
+
+
 def test_train_end_to_end_and_overwrite(data_file, tmp_path, capsys):
     out = tmp_path / "model"
     base = ["train", "--data", str(data_file), "--out", str(out), *TRAIN_TINY]

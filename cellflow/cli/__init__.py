@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .. import __version__
-from .._constants import COUPLINGS, LIKELIHOODS, PRECISIONS, SOLVER_METHODS, TOKEN_EMBEDDINGS
+from .._constants import COUPLINGS, LIKELIHOODS, PRECISIONS, PRESET_NAMES, SOLVER_METHODS, TOKEN_EMBEDDINGS
 from ._config import expand_config
 from ._errors import (
     EXIT_CODES,
@@ -152,6 +152,9 @@ def _parser() -> argparse.ArgumentParser:
         "--checkpoint-dir", default=None, metavar="DIR", help="directory for training checkpoints (default: none)"
     )
     # Options left out take the library's defaults (cf.CellFlow and cellflow.train's configs).
+    train.add_argument(
+        "--preset", default=None, choices=PRESET_NAMES, help="size and training lengths (default: default)"
+    )
     train.add_argument("--backbone", default=None, help="velocity network (default: mlp)")
     train.add_argument("--latent-dim", type=int, default=None)
     train.add_argument("--likelihood", default=None, choices=LIKELIHOODS, help="default: nb")
@@ -256,6 +259,7 @@ def _train(args: argparse.Namespace) -> None:
         "likelihood": args.likelihood,
         "token_embedding": args.token_embedding,
         "seed": args.seed,
+        "preset": args.preset,
     }
     model = cf.CellFlow(adata, **_given(architecture))
     flow = {"coupling": args.coupling, "validation_fraction": args.validation_fraction, "precision": args.precision}

@@ -65,7 +65,7 @@ def run_demo(
     train = adata[split.train_mask].copy()
     cf.pp.setup(train, **setup)
 
-    say(f"[2/4] Training on {train.n_obs} cells: scvi-tools VAE, then the latent rectified flow (and one reflow)")
+    say(f"[2/4] Training on {train.n_obs} cells: scvi-tools VAE, then the latent rectified flow")
     model = cf.CellFlow(train, seed=seed)
     model.train(flow_steps=flow_steps, progress_bar=progress if progress_bar is None else progress_bar)
     history = model.history

@@ -33,6 +33,7 @@ def score_held_out(
     extra_metrics: Callable[[np.ndarray, str, dict], dict] | None = None,
     vae_ceiling: bool = True,
     n_cells: int | None = None,
+    pca_reference=None,
     progress: bool = False,
 ) -> pd.DataFrame:
     """Predict each held-out condition in each context where it was measured, and score it.
@@ -68,6 +69,10 @@ def score_held_out(
         precisely: sampling noise then no longer lowers its Pearson delta or scatters its
         energy distance (whose estimate is unbiased at any size). The VAE ceiling and the
         noise floor always use the real cells.
+    pca_reference
+        Counts (cells x genes, e.g. the training cells' ``X``) on whose log-normalised
+        expression the principal components of the distances are fitted; default: all of
+        ``adata``. The training cells give a basis the held-out cells never shaped.
     progress
         Print one line per condition.
 
@@ -79,7 +84,7 @@ def score_held_out(
     predicting the other half.
     """
     real = log_normalize(adata.X)
-    scorer = ConditionScorer(real)
+    scorer = ConditionScorer(real if pca_reference is None else log_normalize(pca_reference))
     keys = list(covariate_keys)
     rows = []
     for condition in held_out:

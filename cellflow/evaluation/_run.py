@@ -133,7 +133,7 @@ def run_benchmark(
         progress_bar=progress if progress_bar is None else progress_bar,
         accelerator=accelerator,
     )
-    times["train cellflow (VAE + flow + reflow)"] = time.perf_counter() - tic
+    times["train cellflow (VAE, flow, reflow if any)"] = time.perf_counter() - tic
     history = model.history
     say(
         f"      VAE {history['vae_seconds']:.1f} s, flow {history['flow_seconds']:.1f} s, "

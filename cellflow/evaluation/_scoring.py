@@ -43,7 +43,10 @@ class ConditionScorer:
 
         Returns
         -------
-        ``energy_distance`` (PCs), ``pearson_delta`` (all genes), ``pearson_delta_top{k}``,
+        ``energy_distance`` (PCs; scPerturb's, with squared distances: twice the squared
+        distance of the means), ``energy_distance_unsquared`` and ``mmd`` (PCs; distances between
+        the distributions, which see spread and shape: :func:`cellflow.metrics.energy_distance_unsquared`,
+        :func:`cellflow.metrics.mmd_rbf`), ``pearson_delta`` (all genes), ``pearson_delta_top{k}``,
         ``mse_top{k}`` (mean expression on the top-k genes), ``r2`` (mean expression, all
         genes), and two of the Virtual Cell Challenge: ``mae`` (mean expression, all genes) and
         ``overlap_at_N`` (its differential expression score,
@@ -55,6 +58,8 @@ class ConditionScorer:
         pred_pcs, truth_pcs = self.pca.transform(pred), self.pca.transform(truth)
         return {
             "energy_distance": metrics.energy_distance(pred_pcs, truth_pcs),
+            "energy_distance_unsquared": metrics.energy_distance_unsquared(pred_pcs, truth_pcs),
+            "mmd": metrics.mmd_rbf(pred_pcs, truth_pcs),
             "pearson_delta": metrics.pearson_delta(pred, truth, control),
             f"pearson_delta_top{k}": metrics.pearson_delta(pred, truth, control, top_k=k),
             f"mse_top{k}": metrics.mse_mean(pred, truth, genes=metrics.top_de_genes(truth, control, k)),

@@ -35,6 +35,7 @@ from ._build import (
 from ._cells import EncodedCells, encode_cells
 from ._config import CellFlowConfig
 from ._persistence import load_model, save_model
+from ._presets import get_preset
 from ._training import TrainingMixin
 
 if TYPE_CHECKING:
@@ -110,6 +111,15 @@ class CellFlow(TrainingMixin):
         :meth:`train_vae` scores how much of each condition's effect the VAE keeps.
     seed
         Seed for initialisation and training.
+    preset
+        Size and training length together: ``"default"`` (a 128-wide ``"mlp"`` flow trained
+        for 1,000 steps, no reflow, after the VAE's full length), ``"fast"`` (the same flow
+        after a VAE of about 3,600 steps) or ``"best"`` (a 256-wide flow, 2,000 steps and one
+        reflow round: the defaults before the quality-versus-time benchmark, whose results
+        page shows what each costs and gives). It sets the ``"mlp"`` backbone's
+        ``hidden_dim`` here and the defaults of :meth:`train`; options given explicitly win
+        (see :data:`cellflow.models.PRESETS`). A loaded model trains further with
+        ``"default"``'s lengths unless told otherwise.
 
     Examples
     --------
@@ -138,7 +148,9 @@ class CellFlow(TrainingMixin):
         vae_layers: int = 1,
         vae_kl_weight: float = 1.0,
         seed: int = 0,
+        preset: str = "default",
     ) -> None:
+        chosen = get_preset(preset)
         setup = get_setup(adata)
         table = token_embedding if isinstance(token_embedding, pd.DataFrame) else None
         name = backbone_name(backbone)
@@ -150,9 +162,10 @@ class CellFlow(TrainingMixin):
                 "backbone='mlp' or 'set_attention'."
             )
         default_shift = "none" if source != "control" else ("additive" if over_time else "measured")
+        preset_options = chosen.mlp_backbone if name == "mlp" else {}
         config = CellFlowConfig(
             backbone=name,
-            backbone_kwargs=dict(backbone_kwargs or {}),
+            backbone_kwargs={**preset_options, **(backbone_kwargs or {})},
             latent_dim=latent_dim,
             likelihood=likelihood,
             batch_key=batch_key,
@@ -178,6 +191,7 @@ class CellFlow(TrainingMixin):
             build_training_design(adata, setup, codec, conditions, over_time=True)  # every time point measured?
         module = build_flow_module(config, setup, len(codec.tokens), [len(v) for v in categories.values()], features)
         self._set_parts(config, setup, codec, module, genes=list(map(str, adata.var_names)))
+        self.preset = preset
         self.token_features_shape = None if features is None else list(np.shape(features))
         self.dose_range = dose_range(conditions)
         self.adata, self._conditions = adata, conditions
@@ -192,6 +206,7 @@ class CellFlow(TrainingMixin):
         self.adata = None
         self._conditions = None
         self._cells: EncodedCells | None = None
+        self.preset = "default"  # the training lengths train() defaults to (not saved with the model)
 
     def attach(self, adata: AnnData) -> CellFlow:
         """Use ``adata`` as the training data (at construction, or after :meth:`load` to continue training).

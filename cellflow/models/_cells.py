@@ -80,6 +80,8 @@ def fit_vae(
             max_epochs=epochs,
             **training.kl_warmup_for(epochs, adata.n_obs),
             batch_size=max(2, training.batch_size // processes(devices, trainer_kwargs)),
+            lr=training.lr,
+            init_dispersion=training.init_dispersion,
             accelerator=accelerator,
             devices=devices,
             progress_bar=progress_bar,

@@ -31,6 +31,7 @@ from ..train import (
     validation_split,
 )
 from ._cells import EncodedCells, fit_vae, processes
+from ._presets import get_preset
 from ._stages import train_in_stages
 
 
@@ -60,15 +61,17 @@ class TrainingMixin:
         Parameters
         ----------
         vae_epochs
-            Epochs of the VAE (default: about 8,000 gradient steps; see
-            :class:`~cellflow.train.VAETrainingConfig`).
+            Epochs of the VAE (default: about 8,000 gradient steps, 3,600 with the preset
+            ``"fast"``; see :class:`~cellflow.train.VAETrainingConfig`).
         flow_steps
-            Gradient steps of the flow (:class:`~cellflow.train.FlowTrainingConfig`).
+            Gradient steps of the flow (default: the model's preset's, 1,000 or 2,000 with
+            ``"best"``; :class:`~cellflow.train.FlowTrainingConfig`).
         lr
             Learning rate of the flow.
         reflow_rounds
-            Rounds of :meth:`reflow` after the flow (0: none; default 1). Reflow straightens
-            the flow so that a few Euler steps generate what many solver steps did.
+            Rounds of :meth:`reflow` after the flow (0: none; the default except with the
+            preset ``"best"``: 1). Reflow straightens the flow so that a few Euler steps
+            generate what many solver steps did.
         accelerator, devices
             Passed to Lightning (``"cpu"``, ``"gpu"``, ``"auto"``; device count).
         progress_bar
@@ -94,9 +97,10 @@ class TrainingMixin:
         -------
         The model itself, trained.
         """
-        vae = VAETrainingConfig.from_kwargs({**(vae_kwargs or {}), **_given(epochs=vae_epochs)})
-        flow = FlowTrainingConfig.from_kwargs({**(flow_kwargs or {}), **_given(steps=flow_steps, lr=lr)})
-        again = ReflowConfig.from_kwargs({**(reflow_kwargs or {}), **_given(rounds=reflow_rounds)})
+        preset = get_preset(self.preset)  # its lengths are defaults; the options given here win
+        vae = VAETrainingConfig.from_kwargs({**preset.vae, **(vae_kwargs or {}), **_given(epochs=vae_epochs)})
+        flow = FlowTrainingConfig.from_kwargs({**preset.flow, **(flow_kwargs or {}), **_given(steps=flow_steps, lr=lr)})
+        again = ReflowConfig.from_kwargs({**preset.reflow, **(reflow_kwargs or {}), **_given(rounds=reflow_rounds)})
         flow = resolve_coupling(flow, self.module)
         self._require_data()
         check_validation_split(len({c for c in self._conditions if not c.is_control}), flow.validation_fraction)

@@ -46,12 +46,21 @@ class VAETrainingConfig:
     min_epochs
         Fewest epochs of the default length: what a screen too large for ``target_steps``
         to cover many times still gets.
+    lr
+        Adam's learning rate (scvi-tools' default).
+    init_dispersion
+        Start the negative binomial's gene dispersions at their method-of-moments estimate on
+        the training counts (one pass over them) rather than scvi-tools' random start, from
+        which Adam takes thousands of steps to reach the near-Poisson dispersion of sparse
+        genes; until then the VAE samples overdispersed counts and biases every mean.
     """
 
     epochs: int | None = None
     batch_size: int = 128
     target_steps: int = 8000
     min_epochs: int = MIN_EPOCHS
+    lr: float = 1e-3
+    init_dispersion: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs is not None and self.epochs < 1:
@@ -61,6 +70,8 @@ class VAETrainingConfig:
                 f"vae batch_size={self.batch_size} must be at least 2, target_steps={self.target_steps} "
                 f"and min_epochs={self.min_epochs} at least 1."
             )
+        if not self.lr > 0:
+            raise ValueError(f"vae lr={self.lr} must be positive.")
 
     @classmethod
     def from_kwargs(cls, kwargs: dict | None) -> VAETrainingConfig:

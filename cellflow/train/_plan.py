@@ -217,7 +217,11 @@ class FlowTrainingPlan(pl.LightningModule):
 
     def configure_optimizers(self):  # noqa: D102
         cfg = self.config
-        optimizer = torch.optim.AdamW(self.flow.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        parameters = list(self.flow.parameters())
+        # torch's fused AdamW: one kernel for all tensors instead of a loop over them (a fifth of a
+        # small backbone's step on a CPU); for the devices that have it.
+        fused = bool(parameters) and all(p.device.type in ("cpu", "cuda") for p in parameters)
+        optimizer = torch.optim.AdamW(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
         warmup = max(1, min(cfg.warmup_steps, cfg.steps // 10))
 
         def schedule(step: int) -> float:

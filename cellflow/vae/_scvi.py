@@ -96,6 +96,7 @@ class LatentVAE:
         kl_weight: float = 1.0,
         kl_warmup_epochs: int | None = 400,
         kl_warmup_steps: int | None = None,
+        init_dispersion: bool = True,
         seed: int = 0,
         trainer_kwargs: dict | None = None,
     ) -> LatentVAE:
@@ -108,7 +109,11 @@ class LatentVAE:
         long before the decoder is good (see the results page). ``kl_weight`` is scvi-tools'
         ``max_kl_weight``, the KL term's weight after its warm-up of ``kl_warmup_epochs`` epochs, or
         if that is ``None`` of ``kl_warmup_steps`` steps (scvi-tools' ``n_epochs_kl_warmup`` and
-        ``n_steps_kl_warmup``; both ``None``: no warm-up).
+        ``n_steps_kl_warmup``; both ``None``: no warm-up). ``init_dispersion`` starts the
+        negative binomial's gene dispersions at their method-of-moments estimate
+        (:func:`~cellflow.vae._dispersion.initial_log_theta`, one pass over ``matrix``) instead of
+        scvi-tools' random start, from which Adam needs thousands of steps to reach the
+        near-Poisson dispersion of sparse genes; the rest of the training is scvi-tools'.
 
         A numpy or scipy matrix trains through scvi-tools' own data splitter (a tenth of the
         cells held out for validation). Any other matrix (a backed AnnData's ``X``: an ``h5ad``
@@ -147,6 +152,7 @@ class LatentVAE:
             private = _private_anndata(matrix, batch)
             scvi.model.SCVI.setup_anndata(private, batch_key="batch" if batch is not None else None)
             model = scvi.model.SCVI(private, **model_kwargs)
+            _prepare(model, matrix, config, init_dispersion)
             model.train(batch_size=batch_size, **train_kwargs)
         else:
             if early_stopping:
@@ -156,6 +162,7 @@ class LatentVAE:
             scvi.model.SCVI.setup_anndata(template, batch_key="batch" if batch is not None else None)
             registry = scvi.model.SCVI(template, **model_kwargs).registry_
             model = scvi.model.SCVI(registry=registry, **model_kwargs)
+            _prepare(model, matrix, config, init_dispersion)
             datamodule = BlockShuffleDataModule(matrix, batch, batch_size=batch_size, seed=seed)
             model.train(datamodule=datamodule, **train_kwargs)
         config.n_batch = model.module.n_batch
@@ -253,6 +260,20 @@ class LatentVAE:
     def config_dict(self) -> dict:
         """The config as a JSON-ready dict."""
         return asdict(self.config)
+
+
+def _prepare(model, matrix, config: VAEConfig, init_dispersion: bool) -> None:
+    """Give ``model`` cellflow's training plan and, if asked, the dispersions' moment estimate as start."""
+    from ._dispersion import initial_log_theta
+    from ._plan import EpochLoggingPlan
+
+    model._training_plan_cls = EpochLoggingPlan
+    # Only the negative binomials have a learned per-gene (or per-gene-and-batch) dispersion.
+    if init_dispersion and config.gene_likelihood in ("nb", "zinb") and config.dispersion in ("gene", "gene-batch"):
+        px_r = model.module.px_r  # (genes,) or (genes, batches): log theta
+        start = torch.as_tensor(initial_log_theta(matrix), dtype=px_r.dtype)
+        with torch.no_grad():
+            px_r.copy_(start.view(-1, *([1] * (px_r.dim() - 1))).expand_as(px_r))
 
 
 def _private_anndata(matrix, batch: np.ndarray | None):

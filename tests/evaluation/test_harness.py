@@ -77,3 +77,22 @@ def test_scorer_adds_the_virtual_cell_challenge_metrics():
     np.testing.assert_array_equal(unnamed.discrimination(["g0", "g1"], pred_changes, true_changes), [0.5, 1.0])
     with pytest.raises(ValueError, match="gene_names"):
         ConditionScorer(rng.normal(size=(10, 3)), gene_names=["g0"])
+
+
+def test_distribution_distances_and_the_pca_basis(screen):
+    adata, frame, split, train = screen
+    held_out = sorted(split.held_out)
+    kwargs = {"baselines": [AdditiveBaseline().fit(train)], "covariate_keys": ["cell_type"], "seed": 0}
+    default = score_held_out(adata, frame, held_out, **kwargs)
+    assert default[["energy_distance_unsquared", "mmd"]].notna().all().all()
+    # The basis of all real cells is the default; the training cells give another basis.
+    np.testing.assert_allclose(
+        score_held_out(adata, frame, held_out, pca_reference=adata.X, **kwargs)["energy_distance"],
+        default["energy_distance"],
+    )
+    on_train = score_held_out(adata, frame, held_out, pca_reference=train.X, **kwargs)
+    assert not np.allclose(on_train["energy_distance"], default["energy_distance"])
+    np.testing.assert_allclose(on_train["pearson_delta_top20"], default["pearson_delta_top20"])  # basis-free
+    # Half of the real cells are closer to the other half than the additive prediction is, on both distances.
+    means = on_train.groupby("method")[["energy_distance_unsquared", "mmd"]].mean()
+    assert (means.loc["noise_floor"] < means.loc["additive"]).all()

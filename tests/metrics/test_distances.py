@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy import sparse
 
-from cellflow.metrics import _distances, energy_distance, mmd_rbf, wasserstein
+from cellflow.metrics import _distances, energy_distance, energy_distance_unsquared, mmd_rbf, wasserstein
 
 
 def _sq(a, b):
@@ -65,8 +65,41 @@ def test_energy_distance_invariants():
     assert energy_distance(narrow, wide + 1.0) == pytest.approx(2 * 2 * 1.0**2, rel=0.05)
 
 
+def test_unsquared_energy_distance_matches_scipy_in_one_dimension():
+    from scipy.stats import energy_distance as scipy_energy
+
+    # scipy's is sqrt(2 E|X-Y| - E|X-X'| - E|Y-Y'|) with self-pairs in the within means (V-statistics);
+    # ours leaves them out (U-statistics): within means larger by n / (n - 1).
+    rng = np.random.default_rng(6)
+    x, y = rng.normal(size=30), rng.normal(loc=0.4, scale=2.0, size=20)
+    n, m = len(x), len(y)
+    between = np.abs(x[:, None] - y[None, :]).mean()
+    v_within_x, v_within_y = np.abs(x[:, None] - x).mean(), np.abs(y[:, None] - y).mean()
+    assert scipy_energy(x, y) ** 2 == pytest.approx(2 * between - v_within_x - v_within_y)
+    expected = scipy_energy(x, y) ** 2 + v_within_x - v_within_x * n / (n - 1) + v_within_y - v_within_y * m / (m - 1)
+    assert energy_distance_unsquared(x[:, None], y[:, None]) == pytest.approx(expected, rel=1e-10)
+
+
+def test_unsquared_energy_distance_sees_spread_and_blocks_agree(monkeypatch):
+    from scipy.spatial.distance import cdist
+
+    x, y = _two_clouds(7)
+    n, m = len(x), len(y)
+    expected = 2 * cdist(x, y).mean() - cdist(x, x).sum() / (n * (n - 1)) - cdist(y, y).sum() / (m * (m - 1))
+    assert energy_distance_unsquared(x, y) == pytest.approx(expected, rel=1e-10)
+    assert energy_distance_unsquared(sparse.csr_matrix(y), x) == pytest.approx(expected, rel=1e-10)
+    monkeypatch.setattr(_distances, "_BLOCK_ENTRIES", 5)
+    assert energy_distance_unsquared(x, y) == pytest.approx(expected, rel=1e-10)
+    # same mean, another spread: the squared one sees ~nothing, the unsquared one a clear gap
+    rng = np.random.default_rng(8)
+    narrow, wide = rng.normal(scale=0.5, size=(1500, 2)), rng.normal(scale=2.0, size=(1500, 2))
+    same = rng.normal(scale=2.0, size=(1500, 2))
+    assert abs(energy_distance(narrow, wide)) < 0.1 * energy_distance(narrow, wide + 1.0)
+    assert energy_distance_unsquared(narrow, wide) > 20 * abs(energy_distance_unsquared(same, wide))
+
+
 def test_distances_reject_bad_input():
-    for metric in (energy_distance, mmd_rbf, wasserstein):
+    for metric in (energy_distance, energy_distance_unsquared, mmd_rbf, wasserstein):
         with pytest.raises(ValueError, match=r"`y` has 3"):
             metric(np.ones((4, 2)), np.ones((4, 3)))
         with pytest.raises(ValueError, match="NaN"):

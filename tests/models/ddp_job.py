@@ -18,7 +18,12 @@ import torch
 import cellflow as cf
 from cellflow.models import _cells
 
-TRAIN = {"vae_epochs": 30, "flow_steps": 300, "reflow_kwargs": {"steps": 50, "pairs_per_group": 16, "ode_steps": 2}}
+TRAIN = {
+    "vae_epochs": 30,
+    "flow_steps": 300,
+    "reflow_rounds": 1,
+    "reflow_kwargs": {"steps": 50, "pairs_per_group": 16, "ode_steps": 2},
+}
 
 
 GENERATE = {"n_cells": 1500, "covariates": {"cell_type": "type_0"}, "seed": 3}

@@ -7,7 +7,12 @@ import torch
 
 import cellflow as cf
 
-TRAIN = {"vae_epochs": 4, "flow_steps": 400, "reflow_kwargs": {"steps": 100, "pairs_per_group": 16, "ode_steps": 2}}
+TRAIN = {
+    "vae_epochs": 4,
+    "flow_steps": 400,
+    "reflow_rounds": 1,
+    "reflow_kwargs": {"steps": 100, "pairs_per_group": 16, "ode_steps": 2},
+}
 GENERATE = {"conditions": ["control"], "n_cells": 30, "covariates": {"cell_type": "type_0"}, "seed": 1}
 
 

@@ -15,7 +15,12 @@ def dropout_model(screen):
         train, latent_dim=8, source_shift="none", backbone_kwargs={"hidden_dim": 64, "n_blocks": 2}, seed=1
     )
     model.train(
-        vae_epochs=15, flow_steps=300, flow_kwargs={"condition_dropout": 0.2}, progress_bar=False, accelerator="cpu"
+        vae_epochs=15,
+        flow_steps=300,
+        reflow_rounds=1,
+        flow_kwargs={"condition_dropout": 0.2},
+        progress_bar=False,
+        accelerator="cpu",
     )
     return model
 
@@ -85,8 +90,8 @@ def test_reflow_straightens_the_flow(screen):
     assert model.module.sampling.reflow_rounds == 1 and model.module.sampling.distill_steps == 1
 
 
-def test_train_reflows_once_by_default(trained):
-    # conftest's model: model.train(flow_steps=600) -> one reflow round of 300 steps.
+def test_train_reflows_once_when_asked(trained):
+    # conftest's model: model.train(flow_steps=600, reflow_rounds=1) -> one reflow round of 300 steps.
     assert trained.module.sampling.reflow_rounds == 1 and trained.module.sampling.distill_steps == 0
     assert trained.history["reflow_seconds"] > 0
 
