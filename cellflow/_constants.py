@@ -15,4 +15,4 @@ POOLINGS = ("sum", "mean", "attention")
 SOLVER_METHODS = ("euler", "heun", "rk4", "dopri5")  # fixed-step ones first; dopri5 is adaptive
 COUPLINGS = ("ot", "minibatch_ot", "random")
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")  # Lightning's names
-PRESET_NAMES = ("fast", "default", "best")  # cellflow.models.PRESETS, in order of training length
+PRESET_NAMES = ("fast", "default", "long")  # cellflow.models.PRESETS, in order of training length

@@ -339,8 +339,8 @@ def test_train_passes_the_preset(data_file, tmp_path, recorded_train, monkeypatc
 
     monkeypatch.setattr(cf.CellFlow, "__init__", init)
     base = ["train", "--data", str(data_file), "--quiet", "--out"]
-    assert main([*base, str(tmp_path / "a"), "--preset", "best"]) == 0
-    assert built[-1]["preset"] == "best"
+    assert main([*base, str(tmp_path / "a"), "--preset", "long"]) == 0
+    assert built[-1]["preset"] == "long"
     assert main([*base, str(tmp_path / "b")]) == 0
     assert "preset" not in built[-1]  # not given: the library's default
     assert main([*base, str(tmp_path / "c"), "--preset", "quick"]) == 2  # refused by argparse, with the choices

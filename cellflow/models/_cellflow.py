@@ -114,12 +114,12 @@ class CellFlow(TrainingMixin):
     preset
         Size and training length together: ``"default"`` (a 128-wide ``"mlp"`` flow trained
         for 1,000 steps, no reflow, after the VAE's full length), ``"fast"`` (the same flow
-        after a VAE of about 3,600 steps) or ``"best"`` (a 256-wide flow, 2,000 steps and one
-        reflow round: the defaults before the quality-versus-time benchmark, whose results
-        page shows what each costs and gives). It sets the ``"mlp"`` backbone's
-        ``hidden_dim`` here and the defaults of :meth:`train`; options given explicitly win
-        (see :data:`cellflow.models.PRESETS`). A loaded model trains further with
-        ``"default"``'s lengths unless told otherwise.
+        after a VAE of about 3,600 steps) or ``"long"`` (a 256-wide flow, 2,000 steps and one
+        reflow round: the defaults before the quality-versus-time benchmark; generation then
+        takes 4 Euler steps instead of 8 Heun steps). The results page shows what each costs
+        and gives. It sets the ``"mlp"`` backbone's ``hidden_dim`` here and the defaults of
+        :meth:`train`; options given explicitly win (see :data:`cellflow.models.PRESETS`). A
+        loaded model trains further with ``"default"``'s lengths unless told otherwise.
 
     Examples
     --------

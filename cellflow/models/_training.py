@@ -65,12 +65,12 @@ class TrainingMixin:
             ``"fast"``; see :class:`~cellflow.train.VAETrainingConfig`).
         flow_steps
             Gradient steps of the flow (default: the model's preset's, 1,000 or 2,000 with
-            ``"best"``; :class:`~cellflow.train.FlowTrainingConfig`).
+            ``"long"``; :class:`~cellflow.train.FlowTrainingConfig`).
         lr
             Learning rate of the flow.
         reflow_rounds
             Rounds of :meth:`reflow` after the flow (0: none; the default except with the
-            preset ``"best"``: 1). Reflow straightens the flow so that a few Euler steps
+            preset ``"long"``: 1). Reflow straightens the flow so that a few Euler steps
             generate what many solver steps did.
         accelerator, devices
             Passed to Lightning (``"cpu"``, ``"gpu"``, ``"auto"``; device count).

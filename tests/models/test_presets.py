@@ -24,7 +24,7 @@ def stages(monkeypatch):
 
 def test_each_preset_sets_the_width_and_the_lengths(screen, stages):
     _, _, _, train = screen
-    expected = {"fast": (128, 3600, 1000, 0), "default": (128, 8000, 1000, 0), "best": (256, 8000, 2000, 1)}
+    expected = {"fast": (128, 3600, 1000, 0), "default": (128, 8000, 1000, 0), "long": (256, 8000, 2000, 1)}
     assert tuple(expected) == tuple(PRESETS) == PRESET_NAMES  # the command line offers PRESET_NAMES
     for name, (width, vae_steps, flow_steps, rounds) in expected.items():
         model = cf.CellFlow(train, latent_dim=4, preset=name, seed=0)
@@ -41,7 +41,7 @@ def test_each_preset_sets_the_width_and_the_lengths(screen, stages):
 
 def test_options_given_win_over_the_preset(screen, stages):
     _, _, _, train = screen
-    model = cf.CellFlow(train, latent_dim=4, preset="best", backbone_kwargs={"hidden_dim": 32, "n_blocks": 1})
+    model = cf.CellFlow(train, latent_dim=4, preset="long", backbone_kwargs={"hidden_dim": 32, "n_blocks": 1})
     assert model.config.backbone_kwargs == {"hidden_dim": 32, "n_blocks": 1}
     model.train(flow_steps=7, reflow_rounds=0, vae_kwargs={"target_steps": 50}, progress_bar=False)
     assert (stages["vae"].target_steps, stages["flow"].steps, stages["reflow"].rounds) == (50, 7, 0)
@@ -54,5 +54,5 @@ def test_options_given_win_over_the_preset(screen, stages):
 
 def test_an_unknown_preset_is_refused_with_the_names(screen):
     _, _, _, train = screen
-    with pytest.raises(ValueError, match=r"preset='quick' is not one of \['fast', 'default', 'best'\]"):
+    with pytest.raises(ValueError, match=r"preset='quick' is not one of \['fast', 'default', 'long'\]"):
         cf.CellFlow(train, preset="quick")
