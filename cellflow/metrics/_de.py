@@ -79,7 +79,8 @@ def differential_expression(cells, control, *, genes=None) -> pd.DataFrame:
     if len(index) != x.shape[1]:
         raise ValueError(f"`genes` has {len(index)} names but the matrices have {x.shape[1]} genes.")
     test = mannwhitneyu(x, ref, axis=0, method="asymptotic", use_continuity=True, alternative="two-sided")
-    p_value = np.clip(np.asarray(test.pvalue, dtype=np.float64), 0.0, 1.0)
+    # Newer scipy returns NaN (0 / 0) for a gene constant over both groups: no evidence, p = 1.
+    p_value = np.nan_to_num(np.clip(np.asarray(test.pvalue, dtype=np.float64), 0.0, 1.0), nan=1.0)
     target_mean, ref_mean = np.expm1(x.mean(axis=0)), np.expm1(ref.mean(axis=0))
     with np.errstate(divide="ignore", invalid="ignore"):
         log2_fold_change = np.log2(target_mean / ref_mean)

@@ -51,6 +51,24 @@ def test_one_sided_zero_gives_an_infinite_fold_change_and_sparse_input_works():
     assert table["log2_fold_change"].tolist() == [-np.inf, np.inf]
 
 
+def test_a_gene_constant_in_both_groups_gets_p_one_whatever_scipy_returns(monkeypatch):
+    import scipy.stats
+
+    x = np.array([[0.0, 1.0], [0.0, 2.0], [0.0, 3.0]])
+    ref = np.array([[0.0, 0.0], [0.0, 0.5], [0.0, 0.2]])
+    real = scipy.stats.mannwhitneyu
+
+    def nan_for_constant(a, b, **kwargs):  # what newer scipy releases return for 0 / 0
+        result = real(a, b, **kwargs)
+        pvalue = np.where(np.ptp(np.vstack([a, b]), axis=0) == 0, np.nan, result.pvalue)
+        return type(result)(result.statistic, pvalue)
+
+    monkeypatch.setattr(scipy.stats, "mannwhitneyu", nan_for_constant)
+    table = differential_expression(x, ref)
+    assert table["p_value"].iloc[0] == 1.0 and table["fdr"].iloc[0] == 1.0
+    assert 0 < table["p_value"].iloc[1] < 1
+
+
 def test_differential_expression_errors():
     ok = np.ones((3, 2))
     with pytest.raises(ValueError, match="same number of genes"):
