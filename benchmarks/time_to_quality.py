@@ -34,7 +34,6 @@ numbers (section ``time_to_quality``, with the plot ``docs/images/time_to_qualit
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import tempfile
@@ -68,14 +67,6 @@ PEER = {
 PEER_SETTINGS = {"batch_size": 256, "width": 512, "accumulate": 1, "lr": 1e-4}
 METRICS = ["pearson_delta_top20", "energy_distance", "energy_distance_unsquared", "mmd"]
 BASES = ["all", "train"]
-
-
-def load_module(name: str):
-    """A sibling benchmark script as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, HERE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def parse_args(argv: list[str] | None = None, default_data: Path | None = None) -> argparse.Namespace:
@@ -272,8 +263,9 @@ def write_results_page(table: pd.DataFrame, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     """Run every point (or read earlier runs), print the table of points, optionally write the page."""
-    nc = load_module("norman_combinations")
-    pc = load_module("peer_cellflow")
+    import norman_combinations as nc  # sibling scripts: benchmarks/ is on sys.path above
+    import peer_cellflow as pc
+
     args = parse_args(argv, default_data=nc.DEFAULT_DATA)
     if args.report:
         results = pd.concat([pd.read_csv(path) for path in args.report], ignore_index=True)

@@ -89,3 +89,37 @@ def trained_copy(trained, tmp_path):
 
     trained.save(tmp_path / "trained")
     return cf.CellFlow.load(tmp_path / "trained")
+
+
+def fit_small_vae(monkeypatch, counts, **options):
+    """``LatentVAE.fit`` of a small VAE on the CPU with scvi-tools' ``SCVI.train`` watched.
+
+    Returns the VAE, scvi-tools' history after training (each entry a flat float array) and the
+    dispersions ``px_r`` the module held when training started. ``options`` override the defaults
+    (a 4-dimensional latent, 16 hidden units, 2 epochs of minibatches of 64).
+    """
+    import scvi
+
+    from cellflow.vae import LatentVAE, VAEConfig
+
+    seen = {}
+    train = scvi.model.SCVI.train
+
+    def spy(self, *args, **kwargs):
+        seen["px_r"] = self.module.px_r.detach().clone().numpy()
+        result = train(self, *args, **kwargs)
+        seen["history"] = {key: np.asarray(value, dtype=float).ravel() for key, value in self.history.items()}
+        return result
+
+    monkeypatch.setattr(scvi.model.SCVI, "train", spy)
+    defaults = {
+        "batch": None,
+        "config": VAEConfig(n_input=counts.shape[1], n_latent=4, n_hidden=16),
+        "max_epochs": 2,
+        "batch_size": 64,
+        "accelerator": "cpu",
+        "devices": 1,
+        "progress_bar": False,
+    }
+    vae = LatentVAE.fit(counts, **(defaults | options))
+    return vae, seen["history"], seen["px_r"]

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 from .._constants import LIKELIHOODS
 from ._disk import BlockShuffleDataModule, is_in_memory, read_rows
+from ._dispersion import initial_log_theta
 
 
 @dataclass
@@ -264,8 +265,7 @@ class LatentVAE:
 
 def _prepare(model, matrix, config: VAEConfig, init_dispersion: bool) -> None:
     """Give ``model`` cellflow's training plan and, if asked, the dispersions' moment estimate as start."""
-    from ._dispersion import initial_log_theta
-    from ._plan import EpochLoggingPlan
+    from ._plan import EpochLoggingPlan  # it subclasses scvi-tools' plan: scvi is imported when training only
 
     model._training_plan_cls = EpochLoggingPlan
     # Only the negative binomials have a learned per-gene (or per-gene-and-batch) dispersion.

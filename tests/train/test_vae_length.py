@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
-import scvi
 
 from cellflow.train import VAETrainingConfig
 from cellflow.train._config import MIN_EPOCHS
-from cellflow.vae import LatentVAE, VAEConfig
+from tests.conftest import fit_small_vae
 
 
 @pytest.mark.parametrize("n_cells", [5961, 12_000, 20_000, 100_000])
@@ -49,28 +48,9 @@ def test_the_kl_warmup_keeps_scvi_tools_epochs_for_small_screens_and_ends_at_an_
 
 def kl_weight_of_training(monkeypatch, **warmup) -> float:
     """The KL weight scvi-tools logged while LatentVAE.fit trained 2 epochs of 9 steps on 600 cells."""
-    logged = {}
-    train = scvi.model.SCVI.train
-
-    def spy(self, *args, **kwargs):
-        result = train(self, *args, **kwargs)
-        logged.update({key: np.asarray(value, dtype=float).ravel() for key, value in self.history.items()})
-        return result
-
-    monkeypatch.setattr(scvi.model.SCVI, "train", spy)
     counts = sp.csr_matrix(np.random.default_rng(0).poisson(1.0, (600, 30)).astype(np.float32))
-    LatentVAE.fit(
-        counts,
-        batch=None,
-        config=VAEConfig(n_input=30, n_latent=4, n_hidden=16),
-        max_epochs=2,
-        batch_size=64,
-        accelerator="cpu",
-        devices=1,
-        progress_bar=False,
-        **warmup,
-    )
-    return float(logged["kl_weight"][-1])
+    _, history, _ = fit_small_vae(monkeypatch, counts, **warmup)
+    return float(history["kl_weight"][-1])
 
 
 def test_the_warmup_in_steps_reaches_scvi_tools(monkeypatch):

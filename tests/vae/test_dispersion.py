@@ -6,10 +6,10 @@ import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
-import scvi
 
-from cellflow.vae import LatentVAE, VAEConfig
+from cellflow.vae import VAEConfig
 from cellflow.vae._dispersion import MAX_LOG_THETA, initial_log_theta
+from tests.conftest import fit_small_vae
 
 
 def negative_binomial_counts(theta: np.ndarray, n_cells: int = 20_000, seed: int = 0) -> np.ndarray:
@@ -48,28 +48,12 @@ def test_the_estimate_is_the_same_in_chunks_sparse_and_on_disk(tmp_path):
 
 @pytest.mark.parametrize("init_dispersion", [True, False])
 def test_the_vae_starts_from_the_estimate_when_asked(monkeypatch, init_dispersion):
-    started = {}
-    train = scvi.model.SCVI.train
-
-    def spy(self, *args, **kwargs):
-        started["px_r"] = self.module.px_r.detach().clone().numpy()
-        return train(self, *args, **kwargs)
-
-    monkeypatch.setattr(scvi.model.SCVI, "train", spy)
     counts = negative_binomial_counts(np.array([0.5, 5.0, 50.0] * 4), n_cells=600)
-    LatentVAE.fit(
-        sp.csr_matrix(counts),
-        batch=None,
-        config=VAEConfig(n_input=12, n_latent=3, n_hidden=8),
-        max_epochs=1,
-        batch_size=128,
-        accelerator="cpu",
-        devices=1,
-        progress_bar=False,
-        init_dispersion=init_dispersion,
-    )
+    config = VAEConfig(n_input=12, n_latent=3, n_hidden=8)
+    options = {"config": config, "max_epochs": 1, "batch_size": 128, "init_dispersion": init_dispersion}
+    _, _, start = fit_small_vae(monkeypatch, sp.csr_matrix(counts), **options)
     estimate = initial_log_theta(counts)
     if init_dispersion:
-        np.testing.assert_allclose(started["px_r"], estimate, rtol=1e-6)
+        np.testing.assert_allclose(start, estimate, rtol=1e-6)
     else:  # scvi-tools' own random start
-        assert np.abs(started["px_r"] - estimate).max() > 0.5
+        assert np.abs(start - estimate).max() > 0.5
