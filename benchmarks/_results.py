@@ -60,14 +60,19 @@ def command_line(argv: list[str] | None = None) -> str:
     return ("" if threads is None else f"OMP_NUM_THREADS={threads} ") + shlex.join(words)
 
 
-def provenance(extra: str = "") -> str:
-    """One line for the top of a section: the date, the command and the machine."""
+def provenance(extra: str = "", *, machine: str | None = None) -> str:
+    """One line for the top of a section: the date, the command and the machine.
+
+    ``machine`` replaces the description of this machine, for a section written from results
+    that were measured elsewhere (say, on a GPU machine, by a report run here).
+    """
     import torch
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    machine = f"torch {torch.__version__}, {torch.get_num_threads()} torch thread(s), {cores} CPU core(s) available"
-    if torch.cuda.is_available():
-        machine += f", {torch.cuda.get_device_name()}"
+    if machine is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        machine = f"torch {torch.__version__}, {torch.get_num_threads()} torch thread(s), {cores} CPU core(s) available"
+        if torch.cuda.is_available():
+            machine += f", {torch.cuda.get_device_name()}"
     line = f"Measured {datetime.date.today().isoformat()} with `{command_line()}` ({machine})."
     return f"{line} {extra}".strip()
 

@@ -29,6 +29,13 @@ Run: ``.venv/bin/python -u benchmarks/time_to_quality.py [--threads 2] [--seeds 
 [--ours NAME ...] [--peer NAME ...] [--skip-peer] [--out DIR] [--results-page]``. The page's
 numbers (section ``time_to_quality``, with the plot ``docs/images/time_to_quality.png``) come from
 ``--results-page``; ``--report DIR/results.csv ...`` rebuilds the table and the plot from earlier runs.
+
+On a GPU: ``--hardware gpu`` runs both methods on the first GPU (cellflow through Lightning's
+``accelerator="auto"``, the peer with ``JAX_PLATFORMS=cuda``); its page section is
+``time_to_quality_gpu``. The page's GPU numbers came from two runs on the GPU machine,
+``--hardware gpu --threads 8 --seeds 0 --skip-peer --out OURS`` and ``--hardware gpu --threads 8
+--seeds 0 --ours --peer peer_i1000_ot peer_i2000_ot peer_i4000_ot --out PEER``, joined here with
+``--report OURS/results.csv PEER/results.csv --hardware gpu --results-page``.
 """
 
 from __future__ import annotations
@@ -75,10 +82,16 @@ def parse_args(argv: list[str] | None = None, default_data: Path | None = None) 
     parser.add_argument("--data", type=Path, default=default_data, help="the Norman/McFaline-Figueroa subset (.h5ad)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads of every point (both methods)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training and sampling seeds")
-    parser.add_argument("--ours", nargs="+", default=list(OURS), choices=list(OURS), help="cellflow's points")
+    parser.add_argument("--ours", nargs="*", default=list(OURS), choices=list(OURS), help="cellflow's points")
     parser.add_argument("--peer", nargs="+", default=list(PEER), choices=list(PEER), help="the peer's points")
     parser.add_argument("--skip-peer", action="store_true", help="cellflow's points only")
     parser.add_argument("--peer-venv", type=Path, default=None, help="the peer's environment (peer_cellflow.py's)")
+    parser.add_argument(
+        "--hardware",
+        choices=["cpu", "gpu"],
+        default="cpu",
+        help="cpu: both methods on --threads CPUs; gpu: both on the first GPU (results section time_to_quality_gpu)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="directory for results.csv")
     parser.add_argument("--report", type=Path, nargs="+", default=None, help="results.csv files to summarise only")
     parser.add_argument("--results-page", action="store_true", help="write the table and plot into docs/")
@@ -135,7 +148,7 @@ def run_ours(name: str, train, held_out: list[str], counts: dict[str, int], seed
     return predictions, seconds
 
 
-def run_peer(name: str, python: Path, inputs: tuple[Path, Path], held_out: list[str], seed: int, threads: int):
+def run_peer(name: str, python: Path, inputs: tuple[Path, Path], held_out: list[str], seed: int, args):
     """Train the peer at budget ``name`` in its environment; its log-normalised predictions and seconds."""
     import os
     import subprocess
@@ -149,7 +162,9 @@ def run_peer(name: str, python: Path, inputs: tuple[Path, Path], held_out: list[
         command += ["--held-out", str(inputs[1]), "--out", str(out), "--seed", str(seed)]
         for option in ("iterations", "batch_size", "width", "accumulate", "lr", "epsilon", "ode_steps"):
             command += [f"--{option.replace('_', '-')}", str(budget[option])]
-        env = os.environ | {"JAX_PLATFORMS": "cpu", "TQDM_DISABLE": "1"}
+        # On a GPU, JAX allocates as it goes (not 75% of the card up front), as torch does.
+        platform = {"JAX_PLATFORMS": "cuda", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+        env = os.environ | {"JAX_PLATFORMS": "cpu", "TQDM_DISABLE": "1"} | (platform if args.hardware == "gpu" else {})
         done = subprocess.run(command, env=env, capture_output=True, text=True)
         if done.returncode != 0:
             sys.exit(f"the peer runner failed at {name}:\n{done.stderr[-3000:]}")
@@ -159,10 +174,19 @@ def run_peer(name: str, python: Path, inputs: tuple[Path, Path], held_out: list[
     predictions = {label: np.asarray(result.X[labels == label]) for label in held_out}
     print(
         f"  {name} seed {seed}: {timings['end_to_end_seconds']:.1f} s (preprocess {timings['preprocess_seconds']:.1f}, "
-        f"train {timings['train_seconds']:.1f}, generate {timings['generate_seconds']:.1f}; {threads} threads)",
+        f"train {timings['train_seconds']:.1f}, generate {timings['generate_seconds']:.1f}; {hardware_words(args)})",
         flush=True,
     )
     return predictions, timings["end_to_end_seconds"]
+
+
+def hardware_words(args: argparse.Namespace) -> str:
+    """The hardware of every point, in words: the GPU's name, or the thread count."""
+    if args.hardware == "gpu":
+        import torch
+
+        return f"one {torch.cuda.get_device_name(0)} (torch {torch.__version__}, {args.threads} CPU threads)"
+    return f"{args.threads} threads"
 
 
 def summarise(results: pd.DataFrame) -> pd.DataFrame:
@@ -233,11 +257,12 @@ def dominance_lines(table: pd.DataFrame) -> list[str]:
     return lines
 
 
-def write_results_page(table: pd.DataFrame, args: argparse.Namespace) -> None:
+def write_results_page(table: pd.DataFrame, args: argparse.Namespace, hardware: str) -> None:
     """The table of points (mean ± sd over seeds), the dominance lines and the plot into docs/ (``time_to_quality``)."""
     from _results import markdown_table, provenance, write_results_section
 
-    image = HERE.parent / "docs" / "images" / "time_to_quality.png"
+    section = "time_to_quality" + ("_gpu" if args.hardware == "gpu" else "")
+    image = HERE.parent / "docs" / "images" / f"{section}.png"
     plot(table, image)
     columns = ["pearson_delta_top20", *[f"{m}_{b}" for m in METRICS[1:] for b in BASES]]
     shown = pd.DataFrame(index=table["point"])
@@ -248,17 +273,19 @@ def write_results_page(table: pd.DataFrame, args: argparse.Namespace) -> None:
         shown[column] = [
             f"{m:.4f}" + ("" if np.isnan(sd) else f" ± {sd:.4f}") for m, sd in zip(means, sds, strict=True)
         ]
+    measured_elsewhere = f"points measured on {hardware}, from the runs' results.csv" if args.report else None
     intro = provenance(
-        f"Five held-out Norman doubles, as many predicted cells as real ones; {args.threads} threads per point, one "
+        f"Five held-out Norman doubles, as many predicted cells as real ones; {hardware} per point, one "
         "point at a time; mean ± sd over seeds. Distances on 50 PCs of all real cells (`_all`) or of the training "
         "cells (`_train`); lower is better, Pearson higher. Peer: cellflow-tools at batch 256, width 512, one update "
-        "per iteration, lr 1e-4, 20 Euler steps of generation unless `_adaptive`."
+        "per iteration, lr 1e-4, 20 Euler steps of generation unless `_adaptive`.",
+        machine=measured_elsewhere,
     )
     verdicts = "Each of the peer's points against cellflow's points that took no longer (Pearson top-20, energy "
     verdicts += "distance and MMD on all cells' PCs, seed means):\n\n" + "\n".join(dominance_lines(table))
     table_text = markdown_table(shown, index=True)
     body = f"{intro}\n\n{table_text}\n\n{verdicts}\n\n![quality against time](images/{image.name})"
-    write_results_section("time_to_quality", body)
+    write_results_section(section, body)
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
@@ -270,63 +297,57 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     if args.report:
         results = pd.concat([pd.read_csv(path) for path in args.report], ignore_index=True)
     else:
-        pc.limit_threads(args.threads)
-        from cellflow.evaluation import AdditiveBaseline
-
-        adata, frame, train, held_out = pc.build_split(nc, args.data, 0)
-        counts = frame["condition"].value_counts().to_dict()
-        scorer = Scorer(adata, frame, train, held_out)
-        additive = AdditiveBaseline().fit(train)
-        rows = []
-        for seed in args.seeds:
-            predictions = {label: additive.predict(label, n_cells=counts[label], seed=seed) for label in held_out}
-            rows.append(
-                {"family": "additive", "point": "additive", "seed": seed, "seconds": 0.0, **scorer.score(predictions)}
-            )
-        python = None if args.skip_peer else pc.ensure_peer_venv(args.peer_venv or pc.DEFAULT_VENV)
-        with tempfile.TemporaryDirectory(prefix="ttq-") as tmp:
-            inputs = pc.write_peer_inputs(train, frame, held_out, Path(tmp))
-            for seed in args.seeds:
-                for name in args.ours:
-                    predictions, seconds = run_ours(name, train, held_out, counts, seed)
-                    rows.append(
-                        {
-                            "family": "cellflow",
-                            "point": name,
-                            "seed": seed,
-                            "seconds": seconds,
-                            **scorer.score(predictions),
-                        }
-                    )
-                for name in [] if args.skip_peer else args.peer:
-                    predictions, seconds = run_peer(name, python, inputs, held_out, seed, args.threads)
-                    rows.append(
-                        {"family": "peer", "point": name, "seed": seed, "seconds": seconds, **scorer.score(predictions)}
-                    )
-                if args.out is not None:  # after every seed, so an interrupted run keeps its points
-                    args.out.mkdir(parents=True, exist_ok=True)
-                    pd.DataFrame(rows).to_csv(args.out / "results.csv", index=False)
-        results = pd.DataFrame(rows)
-    table = summarise(results)
+        results = run_points(args, nc, pc)
+    hardware = results["hardware"].dropna().iloc[0] if "hardware" in results else f"{args.threads} threads"
+    table = summarise(results.drop(columns="hardware", errors="ignore"))
     with pd.option_context("display.width", 250, "display.precision", 4, "display.max_columns", 40):
-        print(
-            table[
-                [
-                    "family",
-                    "point",
-                    "seconds",
-                    "seeds",
-                    *[
-                        c
-                        for c in table.columns
-                        if c in ["pearson_delta_top20", *[f"{m}_{b}" for m in METRICS[1:] for b in BASES]]
-                    ],
-                ]
-            ].to_string(index=False)
-        )
+        shown = [
+            c for c in table.columns if c in ["pearson_delta_top20", *[f"{m}_{b}" for m in METRICS[1:] for b in BASES]]
+        ]
+        print(table[["family", "point", "seconds", "seeds", *shown]].to_string(index=False))
     if args.results_page:
-        write_results_page(table, args)
+        write_results_page(table, args, hardware)
     return table
+
+
+def run_points(args: argparse.Namespace, nc, pc) -> pd.DataFrame:
+    """Score the additive baseline and run every requested point, one at a time; a row per point and seed."""
+    pc.limit_threads(args.threads)
+    from cellflow.evaluation import AdditiveBaseline
+
+    if args.hardware == "gpu":
+        import torch
+
+        torch.zeros(1, device="cuda")  # CUDA's start-up, paid once by any session, is not one point's time
+    hardware = hardware_words(args)
+    adata, frame, train, held_out = pc.build_split(nc, args.data, 0)
+    counts = frame["condition"].value_counts().to_dict()
+    scorer = Scorer(adata, frame, train, held_out)
+    additive = AdditiveBaseline().fit(train)
+    rows = []
+
+    def keep(row: dict) -> None:
+        rows.append(row | {"hardware": hardware})
+        if args.out is not None:  # after every point, so an interrupted run keeps what it finished
+            args.out.mkdir(parents=True, exist_ok=True)
+            pd.DataFrame(rows).to_csv(args.out / "results.csv", index=False)
+
+    for seed in args.seeds:
+        predictions = {label: additive.predict(label, n_cells=counts[label], seed=seed) for label in held_out}
+        keep({"family": "additive", "point": "additive", "seed": seed, "seconds": 0.0, **scorer.score(predictions)})
+    python = None if args.skip_peer else pc.ensure_peer_venv(args.peer_venv or pc.DEFAULT_VENV)
+    with tempfile.TemporaryDirectory(prefix="ttq-") as tmp:
+        inputs = pc.write_peer_inputs(train, frame, held_out, Path(tmp))
+        for seed in args.seeds:
+            for name in args.ours:
+                predictions, seconds = run_ours(name, train, held_out, counts, seed)
+                keep(
+                    {"family": "cellflow", "point": name, "seed": seed, "seconds": seconds, **scorer.score(predictions)}
+                )
+            for name in [] if args.skip_peer else args.peer:
+                predictions, seconds = run_peer(name, python, inputs, held_out, seed, args)
+                keep({"family": "peer", "point": name, "seed": seed, "seconds": seconds, **scorer.score(predictions)})
+    return pd.DataFrame(rows)
 
 
 if __name__ == "__main__":
