@@ -21,14 +21,19 @@ constant time column: a sequence of one time point. Every backbone trains its fl
 shared VAE (``CellFlow.use_vae``) with the same ``train`` settings and library defaults
 otherwise. Scores (``ConditionScorer``: energy distance on 50 PCs of the real cells, Pearson
 delta on the top-20 changed genes) are per held-out condition, context and time point, next to
-the control and additive baselines fitted on the training cells of the same time point and the
-noise floor (half of the real cells predicting the other half).
+the control and additive baselines fitted on the training cells of the same time point, the
+noise floor (half of the real cells predicting the other half) and ``vae_reconstruction``: the
+held-out real cells encoded and decoded by the shared VAE, the best any flow in that latent space
+can do.
 
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python -u benchmarks/backbones.py [--tasks time_course]
 [--flow-steps 1500] [--seed 0] [--cells 6000] [--backbones mlp,mamba] [--source-shift additive]
 [--backbone-kwargs '{"mamba": {"bidirectional": true}}'] [--results-page]`` (``--results-page`` writes one
 table per task into the section ``backbones`` of ``docs/results.md``). A smoke run: ``--flow-steps 5
---vae-epochs 1 --cells 1200 --genes 50``.
+--vae-epochs 1 --cells 1200 --genes 50``. Over seeds: one run per ``--seed`` with ``--tasks
+time_course --out DIR``, then ``--report DIR0/results.csv DIR1/results.csv ... --results-page``
+(the time course's table, mean ± sd over seeds, and in how many seeds each backbone beats the
+additive baseline at the late time points).
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ import pandas as pd
 
 BACKBONES = ("mlp", "set_attention", "mamba")
 TASKS = ("combinations", "time_course", "norman")
-BASELINES = ("additive", "control", "noise_floor")
+BASELINES = ("vae_reconstruction", "additive", "control", "noise_floor")
 TIME = "time"
 
 
@@ -78,6 +83,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backbone-kwargs", type=json.loads, default={}, help="JSON, e.g. '{\"mamba\": {...}}'")
     parser.add_argument("--norman-data", type=Path, default=None, help="the Norman subset (.h5ad)")
     parser.add_argument("--out", type=Path, default=None, help="directory for results.csv")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="results.csv files of runs with different --seed: the seeds' table of the time course only",
+    )
     parser.add_argument(
         "--results-page", action="store_true", help="write the tables into docs/results.md (off by default)"
     )
@@ -186,6 +198,7 @@ def train_backbones(task: Task, args: argparse.Namespace) -> tuple[dict, float]:
 def score(task: Task, models: dict, args: argparse.Namespace) -> pd.DataFrame:
     """Scores of every backbone and baseline per held-out condition, context and time point."""
     from cellflow.evaluation import AdditiveBaseline, ConditionScorer, ControlBaseline, conditions_frame
+    from cellflow.evaluation._harness import _reconstruct
     from cellflow.metrics import log_normalize
 
     adata, keys = task.adata, task.covariate_keys
@@ -224,6 +237,10 @@ def score(task: Task, models: dict, args: argparse.Namespace) -> pd.DataFrame:
                 for name, baseline in fitted.items():
                     cells = baseline.predict(condition, covariates=context, n_cells=len(truth), seed=args.seed)
                     rows.append({"method": name, **label, **scorer.score(cells, truth, controls)})
+                # The real cells through the shared VAE: what a perfect flow would reach (its ceiling).
+                counts = adata.X[np.flatnonzero((labels == condition) & where & in_time)]
+                cells = _reconstruct(next(iter(models.values())), counts, args.seed)
+                rows.append({"method": "vae_reconstruction", **label, **scorer.score(cells, truth, controls)})
                 floor = scorer.noise_floor(truth, controls, seed=args.seed)
                 rows.append({"method": "noise_floor", **label, **floor})
         print(f"  scored {condition}", flush=True)
@@ -292,9 +309,60 @@ def _markdown(table: pd.DataFrame) -> str:
     return markdown_table(table.rename_axis("method"), formats, index=True)
 
 
+LATE = 2  # the late time points of a time course: its last two
+
+
+def seeds_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Per method of the time course: energy and Pearson top-20 per time point (mean ± sd over seeds), late wins.
+
+    ``late wins``: in how many seeds the method's energy distance, averaged over the held-out
+    conditions at the last ``LATE`` time points, is below the additive baseline's.
+    """
+    course = results[results["task"] == "time_course"]
+    per_seed = course.groupby(["method", "seed", "time"])[["energy_distance", "pearson_delta_top20"]].mean()
+    times = np.sort(course["time"].unique())
+    late = per_seed[per_seed.index.get_level_values("time").isin(times[-LATE:])]
+    late_energy = late["energy_distance"].groupby(["method", "seed"]).mean().unstack("seed")
+    order = [m for m in (*BACKBONES, *BASELINES) if m in late_energy.index]
+    table = pd.DataFrame(index=order)
+    for metric, short in (("energy_distance", "energy"), ("pearson_delta_top20", "pd_top20")):
+        wide = per_seed[metric].unstack("time")
+        mean, sd = wide.groupby("method").mean(), wide.groupby("method").std()
+        for t in times:
+            table[f"{short}@{t:g}h"] = [f"{mean.loc[m, t]:.3f} ± {sd.loc[m, t]:.3f}" for m in order]
+    additive = late_energy.loc["additive"]
+    table["late wins"] = [
+        f"{int((late_energy.loc[m] < additive).sum())}/{late_energy.shape[1]}" if m in BACKBONES else "" for m in order
+    ]
+    return table
+
+
+def report(args: argparse.Namespace) -> pd.DataFrame:
+    """The time course over the seeds of earlier runs (``--report``), printed and, if asked, on the results page."""
+    from _results import markdown_table, provenance, write_results_section
+
+    results = pd.concat([pd.read_csv(path) for path in args.report], ignore_index=True)
+    if "seed" not in results or results["seed"].isna().any():
+        sys.exit("--report needs results.csv files written with a 'seed' column (this script's --out).")
+    table = seeds_table(results)
+    seeds = sorted(results["seed"].unique())
+    print(table.to_string())
+    if args.results_page:
+        intro = provenance(
+            f"Simulated time course, seeds {', '.join(map(str, seeds))} (data, split and training each); mean ± sd "
+            "over seeds of the mean over held-out conditions x contexts; energy distance lower is better, pd_top20 "
+            f"(Pearson delta, top-20 genes) higher; late wins: seeds in which the backbone's energy distance over the "
+            f"last {LATE} time points is below the additive baseline's."
+        )
+        write_results_section("backbones", f"{intro}\n\n{markdown_table(table.rename_axis('method'), index=True)}")
+    return table
+
+
 def main(argv: list[str] | None = None) -> pd.DataFrame:
-    """Run every task and print one table per task."""
+    """Run every task and print one table per task (or, with ``--report``, the seeds' table of earlier runs)."""
     args = parse_args(argv)
+    if args.report:
+        return report(args)
     start = time.perf_counter()
     print(
         f"backbones {args.backbones}; flow steps {args.flow_steps}; seed {args.seed}; latent_dim {args.latent_dim}; "
@@ -316,6 +384,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         print(_format(table))
         page.append(f"**{name}**: {task.description}; shared VAE {vae_seconds:.0f} s.\n\n{_markdown(table)}")
         results["task"] = name
+        results["seed"] = args.seed
         everything.append(results)
     results = pd.concat(everything, ignore_index=True)
     if args.out is not None:
