@@ -1,4 +1,4 @@
-"""scvi-tools' VAE training plan, logging its metrics once per epoch and updating with fused Adam."""
+"""scvi-tools' VAE training plan, logging its metrics once per epoch instead of at every step."""
 
 from __future__ import annotations
 
@@ -16,19 +16,7 @@ class EpochLoggingPlan(TrainingPlan):
     under scvi-tools' names (``elbo_train``, ``reconstruction_loss_train``, ``kl_local_train``,
     ``kl_global_train``, ``train_loss``, ``kl_weight``), so the model's ``history`` holds the
     same curves. Validation is scvi-tools' own.
-
-    Its Adam (scvi-tools' optimizer, learning rate, ``eps`` and weight decay) runs torch's fused
-    kernel where the parameters' device has one (CPU, CUDA): the same update in one pass over
-    all tensors instead of a Python loop over them, a tenth of a small VAE's CPU step.
     """
-
-    def _optimizer_creator_fn(self, optimizer_cls):
-        def create(params):
-            params = list(params)
-            fused = bool(params) and all(p.device.type in ("cpu", "cuda") for p in params)
-            return optimizer_cls(params, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay, fused=fused)
-
-        return create
 
     def training_step(self, batch, batch_idx):  # noqa: D102
         if "kl_weight" in self.loss_kwargs:
