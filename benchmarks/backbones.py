@@ -23,8 +23,8 @@ otherwise. Scores (``ConditionScorer``: energy distance on 50 PCs of the real ce
 delta on the top-20 changed genes) are per held-out condition, context and time point, next to
 the control and additive baselines fitted on the training cells of the same time point, the
 noise floor (half of the real cells predicting the other half) and ``vae_reconstruction``: the
-held-out real cells encoded and decoded by the shared VAE, the best any flow in that latent space
-can do.
+held-out real cells encoded and decoded by the shared VAE (as ``score_reconstruction`` does), a
+reference for how much of their effect the latent space keeps.
 
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python -u benchmarks/backbones.py [--tasks time_course]
 [--flow-steps 1500] [--seed 0] [--cells 6000] [--backbones mlp,mamba] [--source-shift additive]
@@ -32,8 +32,8 @@ Run: ``OMP_NUM_THREADS=1 .venv/bin/python -u benchmarks/backbones.py [--tasks ti
 table per task into the section ``backbones`` of ``docs/results.md``). A smoke run: ``--flow-steps 5
 --vae-epochs 1 --cells 1200 --genes 50``. Over seeds: one run per ``--seed`` with ``--tasks
 time_course --out DIR``, then ``--report DIR0/results.csv DIR1/results.csv ... --results-page``
-(the time course's table, mean ± sd over seeds, and in how many seeds each backbone beats the
-additive baseline at the late time points).
+(section ``backbones-seeds``: the time course's table, mean ± sd over seeds, and in how many
+seeds each backbone beats the additive baseline at the late time points).
 """
 
 from __future__ import annotations
@@ -52,6 +52,8 @@ BACKBONES = ("mlp", "set_attention", "mamba")
 TASKS = ("combinations", "time_course", "norman")
 BASELINES = ("vae_reconstruction", "additive", "control", "noise_floor")
 TIME = "time"
+LATE = 2  # the late time points of a time course: its last two
+SETTINGS = ("flow_steps", "vae_epochs", "cells", "genes", "held_out", "latent_dim", "source_shift")
 
 
 @dataclass
@@ -309,9 +311,6 @@ def _markdown(table: pd.DataFrame) -> str:
     return markdown_table(table.rename_axis("method"), formats, index=True)
 
 
-LATE = 2  # the late time points of a time course: its last two
-
-
 def seeds_table(results: pd.DataFrame) -> pd.DataFrame:
     """Per method of the time course: energy and Pearson top-20 per time point (mean ± sd over seeds), late wins.
 
@@ -319,6 +318,14 @@ def seeds_table(results: pd.DataFrame) -> pd.DataFrame:
     conditions at the last ``LATE`` time points, is below the additive baseline's.
     """
     course = results[results["task"] == "time_course"]
+    if course.empty:
+        sys.exit("--report: no time-course rows in these results (run with --tasks time_course).")
+    runs = course.groupby("seed")["run"].nunique() if "run" in course else pd.Series(dtype=int)
+    if (runs > 1).any():
+        sys.exit(f"--report: seed(s) {list(runs.index[runs > 1])} come from more than one run; join one run per seed.")
+    for setting in (c for c in SETTINGS if c in course):
+        if course[setting].nunique(dropna=False) > 1:
+            sys.exit(f"--report: the runs differ in {setting} ({sorted(map(str, course[setting].unique()))}).")
     per_seed = course.groupby(["method", "seed", "time"])[["energy_distance", "pearson_delta_top20"]].mean()
     times = np.sort(course["time"].unique())
     late = per_seed[per_seed.index.get_level_values("time").isin(times[-LATE:])]
@@ -331,9 +338,12 @@ def seeds_table(results: pd.DataFrame) -> pd.DataFrame:
         for t in times:
             table[f"{short}@{t:g}h"] = [f"{mean.loc[m, t]:.3f} ± {sd.loc[m, t]:.3f}" for m in order]
     additive = late_energy.loc["additive"]
-    table["late wins"] = [
-        f"{int((late_energy.loc[m] < additive).sum())}/{late_energy.shape[1]}" if m in BACKBONES else "" for m in order
-    ]
+
+    def wins(method: str) -> str:  # over the seeds in which the method ran
+        ran = late_energy.loc[method].notna()
+        return f"{int((late_energy.loc[method][ran] < additive[ran]).sum())}/{int(ran.sum())}"
+
+    table["late wins"] = [wins(m) if m in BACKBONES else "" for m in order]
     return table
 
 
@@ -341,7 +351,7 @@ def report(args: argparse.Namespace) -> pd.DataFrame:
     """The time course over the seeds of earlier runs (``--report``), printed and, if asked, on the results page."""
     from _results import markdown_table, provenance, write_results_section
 
-    results = pd.concat([pd.read_csv(path) for path in args.report], ignore_index=True)
+    results = pd.concat([pd.read_csv(path).assign(run=str(path)) for path in args.report], ignore_index=True)
     if "seed" not in results or results["seed"].isna().any():
         sys.exit("--report needs results.csv files written with a 'seed' column (this script's --out).")
     table = seeds_table(results)
@@ -354,7 +364,9 @@ def report(args: argparse.Namespace) -> pd.DataFrame:
             f"(Pearson delta, top-20 genes) higher; late wins: seeds in which the backbone's energy distance over the "
             f"last {LATE} time points is below the additive baseline's."
         )
-        write_results_section("backbones", f"{intro}\n\n{markdown_table(table.rename_axis('method'), index=True)}")
+        write_results_section(
+            "backbones-seeds", f"{intro}\n\n{markdown_table(table.rename_axis('method'), index=True)}"
+        )
     return table
 
 
@@ -385,6 +397,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         page.append(f"**{name}**: {task.description}; shared VAE {vae_seconds:.0f} s.\n\n{_markdown(table)}")
         results["task"] = name
         results["seed"] = args.seed
+        for setting in SETTINGS:  # so that --report can refuse to join runs made differently
+            results[setting] = getattr(args, setting)
         everything.append(results)
     results = pd.concat(everything, ignore_index=True)
     if args.out is not None:

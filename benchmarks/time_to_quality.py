@@ -125,15 +125,20 @@ class Scorer:
         return pd.DataFrame(rows).mean().to_dict()
 
 
-def run_ours(name: str, train, held_out: list[str], counts: dict[str, int], seed: int) -> tuple[dict, float]:
-    """Train cellflow at budget ``name`` and generate the held-out doubles; predictions and seconds."""
+def run_ours(
+    name: str, train, held_out: list[str], counts: dict[str, int], seed: int, hardware: str = "cpu"
+) -> tuple[dict, float]:
+    """Train cellflow at budget ``name`` on ``hardware`` ("cpu" or "gpu") and generate the held-out doubles.
+
+    Returns the predictions (log-normalised, per double) and the seconds from counts to predictions.
+    """
     import cellflow as cf
     from cellflow.metrics import log_normalize
 
     budget = OURS[name]
     start = time.perf_counter()
     model = cf.CellFlow(train, seed=seed, preset=budget["preset"])
-    model.train(progress_bar=False, vae_kwargs=budget["vae_kwargs"])
+    model.train(progress_bar=False, vae_kwargs=budget["vae_kwargs"], accelerator=hardware)
     predictions = {}
     for label in held_out:
         cells = cf.tl.generate(model, conditions=[label], n_cells=counts[label], seed=seed)
@@ -148,8 +153,10 @@ def run_ours(name: str, train, held_out: list[str], counts: dict[str, int], seed
     return predictions, seconds
 
 
-def run_peer(name: str, python: Path, inputs: tuple[Path, Path], held_out: list[str], seed: int, args):
-    """Train the peer at budget ``name`` in its environment; its log-normalised predictions and seconds."""
+def run_peer(
+    name: str, python: Path, inputs: tuple[Path, Path], held_out: list[str], seed: int, args: argparse.Namespace
+) -> tuple[dict, float]:
+    """Train the peer at budget ``name`` in its environment (on ``args.hardware``); its predictions and seconds."""
     import os
     import subprocess
 
@@ -181,7 +188,7 @@ def run_peer(name: str, python: Path, inputs: tuple[Path, Path], held_out: list[
 
 
 def hardware_words(args: argparse.Namespace) -> str:
-    """The hardware of every point, in words: the GPU's name, or the thread count."""
+    """The device of every point, in words: the GPU's name and torch's version, or the thread count."""
     if args.hardware == "gpu":
         import torch
 
@@ -257,8 +264,12 @@ def dominance_lines(table: pd.DataFrame) -> list[str]:
     return lines
 
 
-def write_results_page(table: pd.DataFrame, args: argparse.Namespace, hardware: str) -> None:
-    """The table of points (mean ± sd over seeds), the dominance lines and the plot into docs/ (``time_to_quality``)."""
+def write_results_page(table: pd.DataFrame, args: argparse.Namespace, device: str | None) -> None:
+    """The table (mean ± sd over seeds), the dominance lines and the plot into docs/.
+
+    Section ``time_to_quality`` (``time_to_quality_gpu`` for ``--hardware gpu``). ``device``: where
+    the points ran, in words, when the results record it; otherwise this machine at ``--threads``.
+    """
     from _results import markdown_table, provenance, write_results_section
 
     section = "time_to_quality" + ("_gpu" if args.hardware == "gpu" else "")
@@ -273,7 +284,8 @@ def write_results_page(table: pd.DataFrame, args: argparse.Namespace, hardware: 
         shown[column] = [
             f"{m:.4f}" + ("" if np.isnan(sd) else f" ± {sd:.4f}") for m, sd in zip(means, sds, strict=True)
         ]
-    measured_elsewhere = f"points measured on {hardware}, from the runs' results.csv" if args.report else None
+    hardware = device or f"{args.threads} threads"
+    measured_elsewhere = f"points measured on {device}, from the runs' results.csv" if args.report and device else None
     intro = provenance(
         f"Five held-out Norman doubles, as many predicted cells as real ones; {hardware} per point, one "
         "point at a time; mean ± sd over seeds. Distances on 50 PCs of all real cells (`_all`) or of the training "
@@ -298,20 +310,44 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         results = pd.concat([pd.read_csv(path) for path in args.report], ignore_index=True)
     else:
         results = run_points(args, nc, pc)
-    hardware = results["hardware"].dropna().iloc[0] if "hardware" in results else f"{args.threads} threads"
-    table = summarise(results.drop(columns="hardware", errors="ignore"))
+    device = measured_device(results, args)
+    table = summarise(results.drop(columns=["hardware", "device"], errors="ignore"))
     with pd.option_context("display.width", 250, "display.precision", 4, "display.max_columns", 40):
         shown = [
             c for c in table.columns if c in ["pearson_delta_top20", *[f"{m}_{b}" for m in METRICS[1:] for b in BASES]]
         ]
         print(table[["family", "point", "seconds", "seeds", *shown]].to_string(index=False))
     if args.results_page:
-        write_results_page(table, args, hardware)
+        write_results_page(table, args, device)
     return table
 
 
+def measured_device(results: pd.DataFrame, args: argparse.Namespace) -> str | None:
+    """The device the points of ``results`` ran on, in words (``None`` if not recorded: runs of an older version).
+
+    Refuses results from different kinds of hardware, or of another kind than ``--hardware``
+    (which picks the page's section): a CPU and a GPU run must not share a table. Rows without
+    a ``hardware`` value (written before it was recorded) count as CPU runs.
+    """
+    kinds = results["hardware"].fillna("cpu") if "hardware" in results else pd.Series("cpu", index=results.index)
+    if set(kinds) != {args.hardware}:
+        sys.exit(
+            f"--report: the runs were measured on {', '.join(sorted(set(kinds)))} but --hardware is {args.hardware}; "
+            "join runs of one kind and pass their --hardware."
+        )
+    devices = results["device"].dropna().unique() if "device" in results else []
+    if len(devices) > 1:
+        sys.exit(f"--report: the runs were measured on different devices ({'; '.join(devices)}); join alike.")
+    return devices[0] if len(devices) else None
+
+
 def run_points(args: argparse.Namespace, nc, pc) -> pd.DataFrame:
-    """Score the additive baseline and run every requested point, one at a time; a row per point and seed."""
+    """Score the additive baseline and run every requested point, one at a time; a row per point and seed.
+
+    ``nc`` and ``pc`` are the sibling scripts ``norman_combinations`` and ``peer_cellflow`` (data,
+    split, threads, the peer's environment). Each row records ``hardware`` ("cpu" or "gpu") and
+    ``device`` (in words).
+    """
     pc.limit_threads(args.threads)
     from cellflow.evaluation import AdditiveBaseline
 
@@ -319,7 +355,7 @@ def run_points(args: argparse.Namespace, nc, pc) -> pd.DataFrame:
         import torch
 
         torch.zeros(1, device="cuda")  # CUDA's start-up, paid once by any session, is not one point's time
-    hardware = hardware_words(args)
+    device = hardware_words(args)
     adata, frame, train, held_out = pc.build_split(nc, args.data, 0)
     counts = frame["condition"].value_counts().to_dict()
     scorer = Scorer(adata, frame, train, held_out)
@@ -327,7 +363,7 @@ def run_points(args: argparse.Namespace, nc, pc) -> pd.DataFrame:
     rows = []
 
     def keep(row: dict) -> None:
-        rows.append(row | {"hardware": hardware})
+        rows.append(row | {"hardware": args.hardware, "device": device})
         if args.out is not None:  # after every point, so an interrupted run keeps what it finished
             args.out.mkdir(parents=True, exist_ok=True)
             pd.DataFrame(rows).to_csv(args.out / "results.csv", index=False)
@@ -340,7 +376,7 @@ def run_points(args: argparse.Namespace, nc, pc) -> pd.DataFrame:
         inputs = pc.write_peer_inputs(train, frame, held_out, Path(tmp))
         for seed in args.seeds:
             for name in args.ours:
-                predictions, seconds = run_ours(name, train, held_out, counts, seed)
+                predictions, seconds = run_ours(name, train, held_out, counts, seed, args.hardware)
                 keep(
                     {"family": "cellflow", "point": name, "seed": seed, "seconds": seconds, **scorer.score(predictions)}
                 )

@@ -11,8 +11,9 @@ the machine falls on every plan alike):
   the same weights to the bit, ``tests/vae/test_plan.py``);
 - ``fused``: a candidate, that plan with torch's fused Adam (the same update up to rounding).
 
-Each row: the fit's seconds (best and median over rounds), milliseconds per step and the
-speed-up over ``scvi``; the final training ELBO shows the plans train alike.
+Each row: the fit's seconds (best and median over rounds), milliseconds per step (the median fit,
+set-up and validation included, over its training steps) and the speed-up over ``scvi``; the
+final training ELBO shows the plans train alike.
 
 Run: ``.venv/bin/python -u benchmarks/vae_step.py [--epochs 40] [--repeats 3] [--threads 2] [--results-page]``.
 """
@@ -48,6 +49,7 @@ def plans() -> dict:
     from cellflow.vae._plan import EpochLoggingPlan
 
     class FusedAdamPlan(EpochLoggingPlan):
+        # scvi-tools' private hook that builds its Adam (scvi-tools 1.4): the same settings, fused.
         def _optimizer_creator_fn(self, optimizer_cls):
             return lambda params: optimizer_cls(
                 params, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay, fused=True
