@@ -40,18 +40,26 @@ def main(processes: int, data: str, out: str) -> None:
     _cells.ENCODE_CHUNK = 256  # so that every rank encodes a share of these 1,200 cells
     model.train(**TRAIN, accelerator="cpu", devices=processes, trainer_kwargs={"strategy": "ddp"}, progress_bar=False)
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    print(f"rank {rank} of {world} trained weights {weights_hash(model)}", flush=True)
+    say(f"rank {rank} of {world} trained weights {weights_hash(model)}")
     gathered = model._encoded_cells()
     matrix = _cells.expression(adata, model.setup)
     latent, log_library = model.vae.encode_with_library(matrix, gathered.batch, batch_size=256)
     same = np.array_equal(gathered.latent, latent) and np.array_equal(gathered.log_library, log_library)
     cells = len(gathered.latent)
-    print(f"rank {rank} of {world} latent pass of {cells} cells equals one process's: {same}", flush=True)
+    say(f"rank {rank} of {world} latent pass of {cells} cells equals one process's: {same}")
     model.save(out)
     # Generation shared out among the ranks: 2 conditions of one block each, one per rank; rank 0 writes.
     conditions = ["control", model.codec.tokens[0]]
     pred = cf.tl.generate(model, conditions=conditions, **GENERATE, out="generated.h5ad", distributed=True)
-    print(f"rank {rank} of {world} generated {pred.n_obs} cells to {pred.filename.name}", flush=True)
+    say(f"rank {rank} of {world} generated {pred.n_obs} cells to {pred.filename.name}")
+
+
+def say(line: str) -> None:
+    """One line to stdout in a single write: the ranks share the pipe, and ``print`` writes the text
+    and its newline separately when stdout is unbuffered (``PYTHONUNBUFFERED``), so two ranks'
+    lines could interleave ("...: Truerank 1 of 2 ...")."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def weights_hash(model) -> str:
