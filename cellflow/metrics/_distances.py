@@ -121,14 +121,11 @@ def _pairwise_means(a: np.ndarray, b: np.ndarray, functions, *, same_set: bool) 
         a_block = a[start : start + block]
         sq_dist = np.sum(a_block**2, axis=1)[:, None] + b_sq[None, :] - 2.0 * a_block @ b.T
         np.maximum(sq_dist, 0.0, out=sq_dist)  # rounding can make the expansion slightly negative
-        keep = None
-        if same_set:
-            keep = np.ones(sq_dist.shape, dtype=bool)
-            rows = np.arange(a_block.shape[0])
-            keep[rows, start + rows] = False  # self-pairs are left out
+        rows = np.arange(a_block.shape[0])
         for k, function in enumerate(functions):
             values = function(sq_dist)
-            sums[k] += values.sum() if keep is None else values[keep].sum()
+            # Self-pairs are left out: their values (f at distance ~0, finite) are taken back off.
+            sums[k] += values.sum() - (values[rows, start + rows].sum() if same_set else 0.0)
     n_pairs = a.shape[0] * (b.shape[0] - 1) if same_set else a.shape[0] * b.shape[0]
     return sums / n_pairs
 
