@@ -12,6 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import backbones  # noqa: E402
+import norman_combinations  # noqa: E402
 import time_to_quality  # noqa: E402
 
 TIMES = [2.0, 6.0, 16.0, 48.0]
@@ -70,3 +71,36 @@ def test_time_to_quality_report_keeps_cpu_and_gpu_runs_apart():
     two_gpus = pd.concat([on_gpu, on_gpu.assign(device="one H100")])
     with pytest.raises(SystemExit, match="different devices"):
         time_to_quality.measured_device(two_gpus, gpu)
+
+
+def doubles(values: dict[str, list[float]], draws: int = 2) -> pd.DataFrame:
+    """Norman rows: ``values[method][seed]`` as every metric's mean over two doubles and ``draws`` draws (+-0.5)."""
+    rows = []
+    for method, per_seed in values.items():
+        for seed, value in enumerate(per_seed):
+            for condition in ("A+B", "C+D"):
+                for draw in range(draws):
+                    noise = 0.5 if draw % 2 else -0.5
+                    metrics = dict.fromkeys(norman_combinations.METRICS, value + (noise if draws > 1 else 0.0))
+                    rows.append({"method": method, "seed": seed, "condition": condition, "draw": draw} | metrics)
+    return pd.DataFrame(rows)
+
+
+def test_norman_verdicts_count_a_win_only_beyond_the_seed_spread():
+    lines = norman_combinations.verdict_lines(doubles({"cellflow": [2.0, 4.0], "additive": [5.0, 5.2]}))
+    energy = next(line for line in lines if line.startswith("energy distance:"))
+    assert energy.endswith("WIN (by more than the seed spread)")  # 3.0 vs 5.1, spread 1.41
+    pearson = next(line for line in lines if line.startswith("pearson delta top20"))
+    assert pearson.endswith("NOT better")  # higher is better there: 3.0 < 5.1
+    close = norman_combinations.verdict_lines(doubles({"cellflow": [2.0, 6.0], "additive": [5.0, 5.2]}))
+    assert next(line for line in close if line.startswith("MMD:")).endswith("better, within the seed spread")
+    one = norman_combinations.verdict_lines(doubles({"cellflow": [2.0], "additive": [5.0]}))
+    assert one[0].endswith("better (one seed: no spread to judge)")
+
+
+def test_norman_draw_spread_is_the_sd_over_draws_and_absent_for_one_draw():
+    line = norman_combinations.draw_spread_line(doubles({"cellflow": [2.0, 4.0], "additive": [5.0, 5.0]}))
+    # Per seed the draws' means are value -+ 0.5: sd over two draws sqrt(0.5), the same for every seed and method.
+    assert line.endswith("cellflow 0.7071, additive 0.7071")
+    assert norman_combinations.draw_spread_line(doubles({"cellflow": [2.0], "additive": [5.0]}, draws=1)) is None
+    assert norman_combinations.draw_spread_line(doubles({"cellflow": [2.0]}).drop(columns="draw")) is None

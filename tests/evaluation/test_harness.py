@@ -96,3 +96,40 @@ def test_distribution_distances_and_the_pca_basis(screen):
     # Half of the real cells are closer to the other half than the additive prediction is, on both distances.
     means = on_train.groupby("method")[["energy_distance_unsquared", "mmd"]].mean()
     assert (means.loc["noise_floor"] < means.loc["additive"]).all()
+
+
+def test_draws_score_independent_predictions_and_the_first_is_the_single_draw(screen):
+    adata, frame, split, train = screen
+    held_out = sorted(split.held_out)[:2]
+    kwargs = {"baselines": [AdditiveBaseline().fit(train)], "covariate_keys": ["cell_type"], "seed": 3}
+    single = score_held_out(adata, frame, held_out, **kwargs)
+    drawn = score_held_out(adata, frame, held_out, draws=3, **kwargs)
+    assert len(drawn) == 3 * len(single)
+    assert sorted(drawn["draw"].unique()) == [0, 1, 2]
+    # Draw 0 is the run with one draw, row for row.
+    first = drawn[drawn["draw"] == 0].reset_index(drop=True)
+    np.testing.assert_array_equal(first["energy_distance"], single["energy_distance"])
+    # Every draw predicts (and splits the noise floor) anew: no two draws score alike.
+    for method in ["additive", "noise_floor"]:
+        rows = drawn[drawn["method"] == method].pivot_table(
+            index=["condition", "cell_type"], columns="draw", values="energy_distance"
+        )
+        assert (rows.nunique(axis=1) == 3).all()
+
+
+def test_draw_seeds_are_distinct_from_each_other_and_from_generate_blocks():
+    from cellflow.evaluation._harness import draw_seed
+    from cellflow.tl._generate import block_seed
+
+    assert draw_seed(7, 0) == 7
+    seeds = [draw_seed(7, d) for d in range(1, 50)]
+    assert len(set(seeds)) == len(seeds)
+    assert not set(seeds) & {block_seed(7, b) for b in range(50)}
+    assert all(0 <= s < 2**63 for s in seeds)
+
+
+@pytest.mark.parametrize("draws", [0, -1, 1.5, True])
+def test_draws_must_be_a_positive_integer(screen, draws):
+    adata, frame, split, _ = screen
+    with pytest.raises(ValueError, match="draws="):
+        score_held_out(adata, frame, sorted(split.held_out), draws=draws)
