@@ -74,10 +74,9 @@ def score_held_out(
         Independent draws of every prediction (and of the VAE ceiling's counts and the noise
         floor's halves), each scored on its own (column ``draw``; seeds from
         :func:`draw_seed`, the first draw with ``seed`` itself). With about 100 cells a
-        condition, one draw's energy distance scatters by about as much as the differences
-        between methods (a trained model's draws differ by ~1 on Norman's doubles); the mean
-        over draws keeps its expectation and loses that scatter, so what remains between
-        seeds is training.
+        condition, one draw's energy distance can scatter by as much as the differences
+        between methods; the mean over draws keeps its expectation and loses most of that
+        scatter, so what remains between seeds is training.
     pca_reference
         Counts (cells x genes, e.g. the training cells' ``X``) on whose log-normalised
         expression the principal components of the distances are fitted; default: all of
