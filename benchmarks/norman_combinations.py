@@ -15,12 +15,15 @@ column holds the number). The second removes the prediction's own sampling noise
 distance (squared Euclidean, scPerturb) estimates twice the squared distance of the means in PC
 space without bias at any size, but with ~100 predicted cells its
 spread across seeds is as large as the differences between methods, and sampling noise lowers
-every Pearson delta. The VAE ceiling and the noise floor use the real cells in both.
+every Pearson delta. The VAE rows and the noise floor use the real cells in both:
+``vae_ceiling`` decodes the held-out cells' posterior means (what a flow that generated their
+latents exactly would reach), ``vae_posterior_predictive`` a draw from each cell's posterior
+(scvi-tools' posterior predictive).
 
 Every prediction is drawn ``--draws`` times (default 5: new source cells and counts, new halves
-for the noise floor), each draw scored and the scores averaged. One draw of ~100 cells scatters:
-a trained model's draws differ by about 1 in energy distance on these doubles, as much as the
-seeds' spread, so with one draw the spread over seeds measured the draw as much as the training.
+for the noise floor), each draw scored and the scores averaged. One draw of ~100 cells scatters
+(the report's last line per protocol says by how much), so with one draw the spread over seeds
+measured the draw as much as the training.
 The verdicts count a win only where cellflow's seed mean beats additive's by more than the seed
 spread (the larger standard deviation of the two).
 
@@ -61,7 +64,8 @@ import numpy as np
 import pandas as pd
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "norman2019_mcfaline2023_subset.h5ad"
-METHODS = ["cellflow", "cellflow_no_reflow", "latent_arithmetic", "vae_ceiling", "additive", "control", "noise_floor"]
+METHODS = ["cellflow", "cellflow_no_reflow", "latent_arithmetic", "vae_ceiling", "vae_posterior_predictive"]
+METHODS += ["additive", "control", "noise_floor"]
 DISTANCES = ["energy_distance", "energy_distance_unsquared", "mmd"]
 METRICS = ["energy_distance", "pearson_delta_top20", "pearson_delta", "energy_distance_unsquared", "mmd"]
 METRICS += [f"{m}_train" for m in DISTANCES]  # the same distances on PCs of the training cells only
@@ -308,6 +312,17 @@ def draw_spread_line(results: pd.DataFrame, metric: str = "energy_distance") -> 
     )
 
 
+def read_runs(paths: list[Path]) -> pd.DataFrame:
+    """Earlier runs' results.csv files, joined; rows of runs made before ``--draws`` get draw 0, before folds "all"."""
+    runs = []
+    for path in paths:
+        run = pd.read_csv(path)
+        run["draw"] = run["draw"].fillna(0).astype(int) if "draw" in run.columns else 0
+        run["fold"] = run["fold"].fillna("all") if "fold" in run.columns else "all"
+        runs.append(run)
+    return pd.concat(runs, ignore_index=True)
+
+
 def first_draw(results: pd.DataFrame) -> pd.DataFrame:
     """The rows of each prediction's first draw (all rows of runs made before ``--draws``), for its timing."""
     return results if "draw" not in results.columns else results[results["draw"] == 0]
@@ -316,7 +331,6 @@ def first_draw(results: pd.DataFrame) -> pd.DataFrame:
 def report(results: pd.DataFrame, predicted_cells: int) -> None:
     """Print, for both protocols, the per-double tables, the seed summary and the verdicts; then the times."""
     seeds = sorted(results["seed"].unique())
-    held_out = sorted(results["condition"].unique())
     for protocol in ["matched", str(predicted_cells)]:
         rows = results[results["predicted_cells"].astype(str) == protocol]
         cells = "as many predicted cells as real ones" if protocol == "matched" else f"{protocol} predicted cells"
@@ -336,16 +350,16 @@ def report(results: pd.DataFrame, predicted_cells: int) -> None:
     model_rows = model_rows[
         (model_rows["method"] == "cellflow") & (model_rows["predicted_cells"].astype(str) == "matched")
     ]
-    times = model_rows.groupby("seed").agg(
+    times = model_rows.groupby(["seed", "fold"]).agg(  # one model per seed (and held-out double)
         vae=("vae_seconds", "first"),
         flow=("flow_seconds", "first"),
         reflow=("reflow_seconds", "first"),
         generate=("generate_seconds", "sum"),
     )
     print(
-        f"\ntimes per seed (mean): VAE {times['vae'].mean():.1f} s, flow {times['flow'].mean():.1f} s, "
+        f"\ntimes per model (mean): VAE {times['vae'].mean():.1f} s, flow {times['flow'].mean():.1f} s, "
         f"reflow {times['reflow'].mean():.1f} s, "
-        f"generation {times['generate'].mean():.1f} s (all {len(held_out)} doubles, as many cells as real)"
+        f"generation {times['generate'].mean():.1f} s (its held-out doubles, as many cells as real)"
     )
 
 
@@ -395,7 +409,18 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     """Run the benchmark and print per-condition and averaged scores, times and the verdicts."""
     args = parse_args(argv)
     if args.report is not None:
-        results = pd.concat([pd.read_csv(path) for path in args.report], ignore_index=True)
+        results = read_runs(args.report)
+        loo = (results["fold"] != "all").any()
+        if args.results_page and loo != (args.leave_one_out is not None):
+            sys.exit(
+                "--report --results-page: "
+                + ("these runs held out one double at a time; pass --leave-one-out" if loo else "")
+                + ("these runs held out all five doubles; drop --leave-one-out" if not loo else "")
+                + " so that the right section is written."
+            )
+        doubles = results.groupby("seed")["condition"].agg(lambda c: tuple(sorted(set(c))))
+        if doubles.nunique() > 1:
+            print(f"warning: the seeds held out different doubles, so their means differ in kind: {doubles.to_dict()}")
         report(results, args.predicted_cells)
         if args.results_page:
             results_page_section(results, args)

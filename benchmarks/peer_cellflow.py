@@ -241,7 +241,7 @@ def score_peer(adata, frame, held_out: list[str], predictions, timings: dict) ->
 
 def run_ours(nc, adata, frame, train, held_out, baselines, seed: int, data: Path) -> tuple[pd.DataFrame, dict]:
     """Train and score our cellflow with the defaults of norman_combinations.py; rows and times."""
-    ours_args = nc.parse_args(["--data", str(data)])
+    ours_args = nc.parse_args(["--data", str(data), "--draws", "1"])  # one draw, as the peer's
     results = nc.train_and_score(adata, frame, train, held_out, baselines, ours_args, seed)
     # The peer predicts as many cells as each real double has: compare like with like.
     results = results[results["predicted_cells"] == "matched"]

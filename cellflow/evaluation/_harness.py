@@ -56,14 +56,17 @@ def score_held_out(
     control
         Control label.
     seed
-        Seed of every draw.
+        Seed of the first draw of every prediction (later draws: :func:`draw_seed`).
     extra_metrics
         ``f(pred_log_normalised, method, context) -> dict`` of further metrics (e.g. error
         against a simulator's ground truth).
     vae_ceiling
         With a model, also score ``vae_ceiling``: the real held-out cells passed through the
-        model's VAE (encoded, decoded, counts sampled). A latent flow cannot do better than
-        its autoencoder, so this row separates errors of the flow from those of the VAE.
+        model's VAE (their posterior means, decoded with their own library sizes, counts
+        sampled), what a flow that generated the held-out cells' latents exactly would reach,
+        so this row tells errors of the flow from those of the VAE; and
+        ``vae_posterior_predictive``: the same from one draw of each cell's posterior
+        (scvi-tools' posterior predictive), what the VAE makes of the cells themselves.
     n_cells
         Cells each method predicts per condition and context (default: as many as the real
         held-out cells). More cells estimate a method's predicted distribution more
@@ -71,12 +74,11 @@ def score_held_out(
         energy distance (whose estimate is unbiased at any size). The VAE ceiling and the
         noise floor always use the real cells.
     draws
-        Independent draws of every prediction (and of the VAE ceiling's counts and the noise
-        floor's halves), each scored on its own (column ``draw``; seeds from
-        :func:`draw_seed`, the first draw with ``seed`` itself). With about 100 cells a
-        condition, one draw's energy distance can scatter by as much as the differences
-        between methods; the mean over draws keeps its expectation and loses most of that
-        scatter, so what remains between seeds is training.
+        Independent draws of every prediction (and of the VAE rows' latents and counts and the
+        noise floor's halves), each scored on its own (column ``draw``; the first draw with
+        ``seed`` itself, draw ``d`` with ``SeedSequence(seed, spawn_key=(d,))``). With few cells
+        a condition one draw's distances scatter; the mean over draws keeps its expectation and
+        loses most of that scatter, so what remains between seeds is training.
     pca_reference
         Counts (cells x genes, e.g. the training cells' ``X``) on whose log-normalised
         expression the principal components of the distances are fitted; default: all of
@@ -166,6 +168,10 @@ def _score_draw(
         predictions["cellflow"] = (log_normalize(pred.X), time.perf_counter() - start)
         if ceiling_counts is not None and model.config.batch_key is None:  # batches of real cells are not tracked
             predictions["vae_ceiling"] = (_reconstruct(model, ceiling_counts, seed), None)
+            predictions["vae_posterior_predictive"] = (
+                _reconstruct(model, ceiling_counts, seed, posterior_draw=True),
+                None,
+            )
     for baseline in baselines:
         predictions[baseline.name] = (
             baseline.predict(condition, covariates=context, n_cells=n_predicted, seed=seed),
@@ -194,8 +200,9 @@ def score_reconstruction(
 ) -> pd.DataFrame:
     """How faithfully the model's VAE keeps each perturbation's effect: real cells through it, scored.
 
-    Every perturbed condition of ``adata`` (in each context) is encoded, decoded with the cells'
-    own library sizes and sampled, then scored against the same real cells like a prediction
+    Every perturbed condition of ``adata`` (in each context) is encoded (the posterior means,
+    which the flow is trained on), decoded with the cells' own library sizes and sampled, then
+    scored against the same real cells like a prediction
     (:class:`~cellflow.evaluation.ConditionScorer`, control cells of the context as reference),
     next to the noise floor. It needs only the VAE (:meth:`~cellflow.CellFlow.train_vae`) and
     only training cells, so it can choose VAE settings (e.g. the KL weight) without looking at
@@ -247,14 +254,22 @@ def score_reconstruction(
     return pd.DataFrame(rows)
 
 
-def _reconstruct(model: CellFlow, counts, seed: int) -> np.ndarray:
-    """Real cells through the model's VAE: encode, decode with their own library sizes, sample counts."""
+def _reconstruct(model: CellFlow, counts, seed: int, *, posterior_draw: bool = False) -> np.ndarray:
+    """Real cells through the model's VAE, log-normalised: decoded with their own library sizes, counts sampled.
+
+    The latent is each cell's posterior mean (what the flow is trained on and generates), or
+    with ``posterior_draw`` one draw from its posterior
+    (:meth:`~cellflow.vae.LatentVAE.sample_posterior`: scvi-tools' posterior predictive).
+    """
     import torch
 
-    latent = torch.as_tensor(model.vae.encode(counts), dtype=torch.float32)
-    log_library = torch.log(torch.as_tensor(np.asarray(counts.sum(axis=1)), dtype=torch.float32).clamp_min(1.0))
     generator = torch.Generator().manual_seed(seed)
-    return log_normalize(model.vae.decode(latent, log_library.view(-1, 1), generator=generator).numpy())
+    if posterior_draw:
+        latent, log_library = model.vae.sample_posterior(counts, generator=generator)
+    else:
+        means, log_library = model.vae.encode_with_library(counts)
+        latent, log_library = torch.as_tensor(means, dtype=torch.float32), torch.as_tensor(log_library).float()
+    return log_normalize(model.vae.decode(latent, log_library.view(-1, 1), generator=generator).cpu().numpy())
 
 
 def summary_table(results: pd.DataFrame, metrics: Sequence[str], by: Sequence[str] = ("method",)) -> pd.DataFrame:

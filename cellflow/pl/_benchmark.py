@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 NOISE_FLOOR = "noise_floor"
-NOT_CONTEXT = {"method", "condition", "note", "kind"}
+NOT_CONTEXT = {"method", "condition", "note", "kind", "draw"}
 # Direction of metrics outside HIGHER_IS_BETTER, by name prefix (pearson_delta_top50, mse_top50, truth_rmse, ...).
 _HIGHER_PREFIXES = ("pearson", "r2", "spearman", "top_de_overlap", "discrimination")
 _LOWER_PREFIXES = ("mse", "mae", "rmse", "energy", "mmd", "wasserstein", "truth_rmse")
@@ -37,7 +37,8 @@ def benchmark(
     writes it as ``results.csv``) or of :func:`cellflow.evaluation.score_held_out`: one row
     per method, held-out condition and context, the metrics as columns. Each held-out
     condition (in each context, e.g. cell type) gets one column of points, one colour per
-    method; several rows of a method for one condition (several seeds) give several points.
+    method; several rows of a method for one condition (several seeds, or the ``draws`` of
+    :func:`~cellflow.evaluation.score_held_out`) give several points.
     The rows of the method ``noise_floor`` (half of the real cells predicting the other
     half) are drawn as a grey band per condition, from the noise floor's value (its mean
     over rows) to the better end of the axis: a method inside the band scores as well as a

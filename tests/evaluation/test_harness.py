@@ -133,3 +133,19 @@ def test_draws_must_be_a_positive_integer(screen, draws):
     adata, frame, split, _ = screen
     with pytest.raises(ValueError, match="draws="):
         score_held_out(adata, frame, sorted(split.held_out), draws=draws)
+
+
+def test_vae_rows_decode_posterior_means_and_posterior_draws(screen, trained):
+    from cellflow.evaluation._harness import _reconstruct
+
+    adata, frame, split, _ = screen
+    held_out = sorted(split.held_out)[:1]
+    rows = score_held_out(adata, frame, held_out, model=trained, covariate_keys=["cell_type"], seed=0, draws=2)
+    for method in ["vae_ceiling", "vae_posterior_predictive"]:
+        assert len(rows[rows["method"] == method]) == 2 * 2  # both cell types, both draws
+    counts = adata.X[frame["condition"].to_numpy() == held_out[0]]
+    means = _reconstruct(trained, counts, 0)
+    drawn = _reconstruct(trained, counts, 0, posterior_draw=True)
+    np.testing.assert_array_equal(drawn, _reconstruct(trained, counts, 0, posterior_draw=True))  # by seed
+    assert not np.array_equal(drawn, means)
+    np.testing.assert_array_equal(means, _reconstruct(trained, counts, 0))
