@@ -324,8 +324,8 @@ def read_runs(paths: list[Path]) -> pd.DataFrame:
 
 
 def first_draw(results: pd.DataFrame) -> pd.DataFrame:
-    """The rows of each prediction's first draw (all rows of runs made before ``--draws``), for its timing."""
-    return results if "draw" not in results.columns else results[results["draw"] == 0]
+    """The rows of each prediction's first draw, for its timing."""
+    return results[results["draw"] == 0]
 
 
 def report(results: pd.DataFrame, predicted_cells: int) -> None:
@@ -368,8 +368,8 @@ def results_page_section(results: pd.DataFrame, args: argparse.Namespace) -> Non
     from _results import markdown_table, provenance, write_results_section
 
     seeds = sorted(results["seed"].unique())
-    draws = results["draw"].nunique() if "draw" in results.columns else 1
-    loo = "fold" in results.columns and (results["fold"] != "all").any()
+    draws = results["draw"].nunique()
+    loo = (results["fold"] != "all").any()
     parts = [
         provenance(
             f"Held out: {', '.join(sorted(results['condition'].unique()))}; preset {args.preset}; "
@@ -471,7 +471,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             results = train_and_score(adata, frame, train, fold, baselines, args, seed, save_to=save_to)
             matched = results[(results["method"] == "cellflow") & (results["predicted_cells"] == "matched")]
             row, generate = matched.iloc[0], first_draw(matched)["generate_seconds"].sum()
-            where = f" ({fold[0]} held out)" if len(folds) > 1 or args.leave_one_out is not None else ""
+            where = f" ({fold[0]} held out)" if args.leave_one_out is not None else ""
             print(
                 f"  seed {seed}{where}: VAE {row['vae_seconds']:.1f} s, flow {row['flow_seconds']:.1f} s, "
                 f"reflow {row['reflow_seconds']:.1f} s (final flow loss {row['flow_final_loss']:.3f}), "

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import torch
 
 from ..metrics import log_normalize
 from ..tl import generate
@@ -117,7 +118,9 @@ def score_held_out(
                     model,
                     baselines,
                     scorer,
-                    (truth, control_cells, ceiling),
+                    truth=truth,
+                    control_cells=control_cells,
+                    ceiling_counts=ceiling,
                     condition=condition,
                     context=context,
                     label={**label, "draw": draw},
@@ -146,8 +149,10 @@ def _score_draw(
     model: CellFlow | None,
     baselines: Sequence[Baseline],
     scorer: ConditionScorer,
-    cells: tuple,
     *,
+    truth: np.ndarray,
+    control_cells: np.ndarray,
+    ceiling_counts,
     condition: str,
     context: dict,
     label: dict,
@@ -157,10 +162,9 @@ def _score_draw(
 ) -> list[dict]:
     """Rows of one draw of one condition in one context: every method's prediction scored, and the noise floor.
 
-    ``cells`` holds the real held-out cells and the context's control cells (log-normalised)
-    and the held-out cells' counts for the VAE ceiling (``None``: no ceiling).
+    ``truth`` and ``control_cells`` are the real held-out and control cells of the context
+    (log-normalised), ``ceiling_counts`` the held-out cells' counts for the VAE rows (``None``: none).
     """
-    truth, control_cells, ceiling_counts = cells
     predictions = {}
     if model is not None:
         start = time.perf_counter()
@@ -261,8 +265,6 @@ def _reconstruct(model: CellFlow, counts, seed: int, *, posterior_draw: bool = F
     with ``posterior_draw`` one draw from its posterior
     (:meth:`~cellflow.vae.LatentVAE.sample_posterior`: scvi-tools' posterior predictive).
     """
-    import torch
-
     generator = torch.Generator().manual_seed(seed)
     if posterior_draw:
         latent, log_library = model.vae.sample_posterior(counts, generator=generator)

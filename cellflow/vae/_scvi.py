@@ -189,9 +189,9 @@ class LatentVAE:
         the row's total, at least 1 (an empty cell gets 0).
         """
         latents, libraries = [], []
-        for x, b in self._batches(matrix, batch, batch_size):
-            latents.append(self.module.inference(x, b)["qz"].loc.cpu().numpy())
-            libraries.append(np.log(np.maximum(x.sum(dim=1).double().cpu().numpy(), 1.0)))
+        for qz, log_library in self._posteriors(matrix, batch, batch_size):
+            latents.append(qz.loc.cpu().numpy())
+            libraries.append(log_library)
         if not latents:
             return np.zeros((0, self.config.n_latent), dtype=np.float32), np.zeros(0)
         return np.concatenate(latents, axis=0), np.concatenate(libraries)
@@ -231,11 +231,10 @@ class LatentVAE:
             ``(cells, n_latent)`` float32 latents and ``(cells,)`` log library sizes (CPU tensors).
         """
         latents, libraries = [], []
-        for x, b in self._batches(matrix, batch, batch_size):
-            qz = self.module.inference(x, b)["qz"]
+        for qz, log_library in self._posteriors(matrix, batch, batch_size):
             noise = torch.randn(qz.loc.shape, generator=generator).to(qz.loc.device)  # CPU draw: same on any device
             latents.append(self.module.z_encoder.z_transformation(qz.loc + qz.scale * noise).float().cpu())
-            libraries.append(torch.log(x.sum(dim=1).double().clamp_min(1.0)).float().cpu())
+            libraries.append(torch.as_tensor(log_library, dtype=torch.float32))
         if not latents:
             return torch.zeros(0, self.config.n_latent), torch.zeros(0)
         return torch.cat(latents), torch.cat(libraries)
@@ -280,6 +279,11 @@ class LatentVAE:
             return _sample_counts(px, self.config.gene_likelihood, generator, sparse=sparse)
         x = px.mean if not sample else px.loc + px.scale * torch.randn(px.loc.shape, generator=generator, device=device)
         return sp.csr_matrix(x.cpu().numpy().astype(np.float32, copy=False)) if sparse else x
+
+    def _posteriors(self, matrix, batch, batch_size) -> Iterator[tuple[torch.distributions.Normal, np.ndarray]]:
+        """Each chunk's posterior ``q(z | x)`` and log library sizes (float64: log of the total, at least 1)."""
+        for x, b in self._batches(matrix, batch, batch_size):
+            yield self.module.inference(x, b)["qz"], np.log(np.maximum(x.sum(dim=1).double().cpu().numpy(), 1.0))
 
     def _batches(self, matrix, batch, batch_size) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         device = next(self.module.parameters()).device

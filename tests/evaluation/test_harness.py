@@ -14,7 +14,9 @@ from cellflow.evaluation import (
     score_held_out,
     score_reconstruction,
 )
+from cellflow.evaluation._harness import _reconstruct, draw_seed
 from cellflow.metrics import log_normalize
+from cellflow.tl._generate import block_seed
 
 
 def test_predicted_cells_default_to_the_real_count_and_can_be_set(screen):
@@ -118,9 +120,6 @@ def test_draws_score_independent_predictions_and_the_first_is_the_single_draw(sc
 
 
 def test_draw_seeds_are_distinct_from_each_other_and_from_generate_blocks():
-    from cellflow.evaluation._harness import draw_seed
-    from cellflow.tl._generate import block_seed
-
     assert draw_seed(7, 0) == 7
     seeds = [draw_seed(7, d) for d in range(1, 50)]
     assert len(set(seeds)) == len(seeds)
@@ -136,8 +135,6 @@ def test_draws_must_be_a_positive_integer(screen, draws):
 
 
 def test_vae_rows_decode_posterior_means_and_posterior_draws(screen, trained):
-    from cellflow.evaluation._harness import _reconstruct
-
     adata, frame, split, _ = screen
     held_out = sorted(split.held_out)[:1]
     rows = score_held_out(adata, frame, held_out, model=trained, covariate_keys=["cell_type"], seed=0, draws=2)
