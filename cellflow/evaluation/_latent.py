@@ -19,12 +19,13 @@ class LatentArithmeticBaseline(Baseline):
     The shifts are :class:`~cellflow.flow.TokenShifts` (``mode="additive"``), the latent
     arithmetic the flow itself runs relative to, estimated on the latents (the VAE's posterior
     means) of the cells this baseline is fitted on. A condition ``A+B`` is predicted as control
-    latents of the context + ``shift_A + shift_B``, decoded with the control cells' library
-    sizes and sampled from the likelihood (as scGen, Lotfollahi et al. 2019, with the VAE of the
-    model instead of a separately trained one). A token not measured alone in the context uses
-    its shift from the contexts where it was (covariate transfer), or one derived from the
-    combinations it was measured in; a token with neither contributes nothing and is listed in
-    ``missing_singles``.
+    latents of the context + ``shift_A + shift_B``, decoded as cellflow decodes its own cells
+    (with the control cells' log library sizes plus the tokens' summed library shifts, counts
+    drawn around a posterior draw of each latent; as scGen, Lotfollahi et al. 2019, with the VAE
+    of the model instead of a separately trained one): the flow with a zero velocity field.
+    A token not measured alone in the context uses its shift from the contexts where it was
+    (covariate transfer), or one derived from the combinations it was measured in; a token with
+    neither contributes nothing and is listed in ``missing_singles``.
 
     Parameters
     ----------
@@ -48,14 +49,14 @@ class LatentArithmeticBaseline(Baseline):
         if self.model.config.batch_key is not None:
             codes = {c: i for i, c in enumerate(self.model.batch_categories)}
             self.batch = np.array([codes[str(b)] for b in adata.obs[self.model.config.batch_key]], dtype=np.int64)
-        self.latent = self.model.vae.encode(matrix, self.batch)
-        self.log_library = np.log(np.maximum(np.asarray(matrix.sum(axis=1)).ravel(), 1.0))
+        self.latent, self.latent_scale, self.log_library = self.model.vae.encode_posterior(matrix, self.batch)
         conditions = setup_conditions(adata, self.setup)
         context_codes, context_names = pd.factorize(self.contexts)
         self.context_code = {name: code for code, name in enumerate(context_names)}
         self.tokens = sorted({t for c in conditions for t in c.tokens})
-        self.shifts = TokenShifts.from_cells(
-            self.latent, conditions, context_codes, len(context_names), self.tokens, mode="additive"
+        self.shifts, self.library_shifts = (
+            TokenShifts.from_cells(values, conditions, context_codes, len(context_names), self.tokens, mode="additive")
+            for values in (self.latent, self.log_library[:, None])
         )
         self.missing_singles: dict[str, list[str]] = {}
         return self
@@ -73,14 +74,15 @@ class LatentArithmeticBaseline(Baseline):
             self.missing_singles.setdefault(condition, []).extend(missing)
         ids = torch.tensor([[self.tokens.index(t) if k else 0 for t, k in zip(parsed.tokens, known)] or [0]])
         doses = torch.tensor([[d if k else 0.0 for d, k in zip(parsed.doses, known)] or [0.0]], dtype=torch.float32)
-        shift = self.shifts(ids, doses, doses != 0, torch.tensor([self.context_code[context]]))[0].numpy()
-        z = self.latent[pick] + shift
+        query = (ids, doses, doses != 0, torch.tensor([self.context_code[context]]))
+        shift, library_shift = (shifts(*query)[0].numpy() for shifts in (self.shifts, self.library_shifts))
         batch = None if self.batch is None else torch.as_tensor(self.batch[pick])[:, None]
         generator = torch.Generator().manual_seed(seed)
         counts = self.model.vae.decode(
-            torch.as_tensor(z, dtype=torch.float32),
-            torch.as_tensor(self.log_library[pick], dtype=torch.float32)[:, None],
+            torch.as_tensor(self.latent[pick] + shift, dtype=torch.float32),
+            torch.as_tensor(self.log_library[pick] + library_shift, dtype=torch.float32)[:, None],
             batch,
             generator=generator,
+            latent_scale=torch.as_tensor(self.latent_scale[pick]),
         )
         return log_normalize(counts.cpu().numpy())

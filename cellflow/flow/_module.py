@@ -4,9 +4,12 @@ The flow runs in coordinates relative to latent arithmetic. A condition's cells 
 modelled as control cells of their context moved by the condition's token shift
 (:class:`~cellflow.flow.TokenShifts`, scGen-style mean shifts in the VAE latent) plus what
 the velocity field adds: training subtracts the shift from the targets, sampling adds it back
-after the ODE. Everything that touches the velocity (classifier-free guidance, the
-flow-matching loss, the ODE solve, the shift) lives here, so training, reflow, generation and
-the benchmarks all call the same code.
+after the ODE. A perturbation also changes how many counts a cell has (its library size, an
+input of the decoder the latent does not hold); generated cells take their source's library
+size moved by the condition's mean change of the log library size, estimated the same way.
+Everything that touches the velocity (classifier-free guidance, the flow-matching loss, the ODE
+solve, the shift) lives here, so training, reflow, generation and the benchmarks all call the
+same code.
 
 States are per cell, ``(B, D)``, for backbones that take experimental time as part of the
 condition, and whole trajectories, ``(B, T, D)`` through the ``T`` training time points, for
@@ -17,6 +20,7 @@ apart.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -120,6 +124,9 @@ class FlowModule(nn.Module):
     shifts
         Token shifts the flow runs relative to (``None``: the flow carries the sources the
         whole way).
+    library_shifts
+        Token shifts of the log library size (``D = 1``): what a condition adds to its source
+        cells' log library sizes at generation (``None``: none, as in models saved before).
     reference
         Control cells of the training data, by context: the sources of generated cells.
     sampling
@@ -136,6 +143,7 @@ class FlowModule(nn.Module):
         self.source, self.time_scale = source, float(time_scale)
         self.path = LinearPath()
         self.shifts: TokenShifts | None = None
+        self.library_shifts: TokenShifts | None = None
         self.reference: ControlReference | None = None
         self.sampling = SamplingInfo()
         self.register_buffer("times", torch.zeros(0), persistent=False)
@@ -150,6 +158,7 @@ class FlowModule(nn.Module):
         return {
             "weights": {k: v.detach().clone() for k, v in self.state_dict().items()},
             "shifts": self.shifts,
+            "library_shifts": self.library_shifts,
             "reference": self.reference,
             "sampling": SamplingInfo(**vars(self.sampling)),
         }
@@ -159,6 +168,7 @@ class FlowModule(nn.Module):
         with torch.no_grad():
             self.load_state_dict(snapshot["weights"])
         self.shifts, self.sampling = snapshot["shifts"], snapshot["sampling"]
+        self.library_shifts = snapshot.get("library_shifts")
         self.reference = None
         self.times = torch.zeros(0, device=self.times.device)
         if snapshot["reference"] is not None:
@@ -217,16 +227,24 @@ class FlowModule(nn.Module):
     # ------------------------------------------------------------------ latent arithmetic
     def shift(self, conditions: ConditionBatch) -> torch.Tensor | None:
         """Token shift of each row: ``(B, D)``, over time ``(B, T, D)``; ``None`` without shifts."""
-        if self.shifts is None:
+        return self._shift_rows(self.shifts, conditions)
+
+    def library_shift(self, conditions: ConditionBatch) -> torch.Tensor | None:
+        """Change of the log library size of each row: ``(B,)``, over time ``(B, T)``; ``None`` without."""
+        shift = self._shift_rows(self.library_shifts, conditions)
+        return None if shift is None else shift.squeeze(-1)
+
+    def _shift_rows(self, shifts: TokenShifts | None, conditions: ConditionBatch) -> torch.Tensor | None:
+        if shifts is None:
             return None
         c = conditions
         if not self.over_time:
-            return self.shifts(c.token_ids, c.doses, c.mask, c.context)
+            return shifts(c.token_ids, c.doses, c.mask, c.context)
         # Time-resolved shifts: row context * T + k of the table is the shift at time point k.
         n_times = len(self.times)
         rows = c.context[:, None] * n_times + torch.arange(n_times, device=c.context.device)
         per_row = [x.repeat_interleave(n_times, dim=0) for x in (c.token_ids, c.doses, c.mask)]
-        return self.shifts(*per_row, rows.reshape(-1)).view(len(c), n_times, -1)
+        return shifts(*per_row, rows.reshape(-1)).view(len(c), n_times, -1)
 
     def relative(self, z: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
         """States in the flow's coordinates: minus their condition's shift (training targets)."""
@@ -276,28 +294,35 @@ class FlowModule(nn.Module):
         method: str,
         steps: int,
         guidance: float = 1.0,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    ) -> GeneratedLatents:
         """Generate ``n`` cells (or trajectories) of one condition in its context.
 
         Draws sources (control cells of the context with their library sizes and batches, or
-        noise), solves the ODE and adds the condition's shift back.
+        noise), solves the ODE and adds the condition's shift back; the sources' log library
+        sizes move by the condition's library shift.
 
         Returns
         -------
-        z1, log_library, batch, nfe
-            ``(n, D)`` latents (``(n, T, D)`` over time), the sources' ``(n,)`` (``(n, T)``) log
-            library sizes and VAE batches, and the number of velocity evaluations.
+        GeneratedLatents
+            ``(n, D)`` latents (``(n, T, D)`` over time), ``(n,)`` (``(n, T)``) log library sizes,
+            the sources' VAE batches and posterior standard deviations (``None`` for a reference
+            without them), and the number of velocity evaluations.
         """
         if len(condition) != 1:
             raise ValueError(f"sample takes one condition, got {len(condition)}.")
         if self.reference is None:
             raise RuntimeError("The flow has no control reference: train it first.")
         context = int(condition.context[0])
-        z0, log_library, batch = self.reference.sample(context, n, generator, over_time=self.over_time)
+        z0, log_library, batch, scale = self.reference.sample(context, n, generator, over_time=self.over_time)
         if self.source == "noise":
             z0 = self.noise(z0.shape, generator)
         z1, nfe = self.carry(z0, condition, method=method, steps=steps, guidance=guidance)
-        return z1, log_library, batch, nfe
+        return GeneratedLatents(z1, self.move_library(log_library, condition), batch, scale, nfe)
+
+    def move_library(self, log_library: torch.Tensor, condition: ConditionBatch) -> torch.Tensor:
+        """Log library sizes of cells carried to one condition: their own plus the condition's library shift."""
+        shift = self.library_shift(condition)
+        return log_library if shift is None else log_library + shift[0].to(log_library)
 
     @torch.no_grad()
     def carry(
@@ -322,6 +347,16 @@ class FlowModule(nn.Module):
         if shift is not None:  # back from the flow's coordinates
             z1 = z1 + shift
         return z1.cpu(), nfe
+
+
+class GeneratedLatents(NamedTuple):
+    """Cells generated by :meth:`FlowModule.sample`, before decoding."""
+
+    latent: torch.Tensor
+    log_library: torch.Tensor
+    batch: torch.Tensor
+    latent_scale: torch.Tensor | None
+    nfe: int
 
 
 def _repeat_rows(cond: EncodedCondition, n: int) -> EncodedCondition:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -31,6 +32,10 @@ class ControlReference:
     time
         ``(n,)`` experimental time of each control cell (models set up with a ``time_key``),
         or ``None``: generation over time draws control trajectories from it.
+    latent_scale
+        ``(n, D)`` posterior standard deviations of each control cell's latent, or ``None``
+        (models saved before they were kept): a generated cell is decoded from a draw around its
+        latent with its source cell's.
     """
 
     latent: torch.Tensor
@@ -39,9 +44,12 @@ class ControlReference:
     context: torch.Tensor
     contexts: list[tuple[str, ...]]
     time: torch.Tensor | None = None
+    latent_scale: torch.Tensor | None = None
 
     @classmethod
-    def from_cells(cls, latent, log_library, batch, context, contexts, time=None) -> ControlReference:
+    def from_cells(
+        cls, latent, log_library, batch, context, contexts, time=None, latent_scale=None
+    ) -> ControlReference:
         """Build from numpy arrays of the control cells."""
         return cls(
             torch.as_tensor(np.asarray(latent), dtype=torch.float32),
@@ -50,12 +58,13 @@ class ControlReference:
             torch.as_tensor(np.asarray(context), dtype=torch.long),
             list(contexts),
             None if time is None else torch.as_tensor(np.asarray(time), dtype=torch.float64),
+            None if latent_scale is None else torch.as_tensor(np.asarray(latent_scale), dtype=torch.float32),
         )
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The tensors to save."""
-        names = ("latent", "log_library", "batch", "context") + (() if self.time is None else ("time",))
-        return {k: getattr(self, k).contiguous() for k in names}
+        names = ("latent", "log_library", "batch", "context", "time", "latent_scale")
+        return {k: getattr(self, k).contiguous() for k in names if getattr(self, k) is not None}
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], contexts: list[tuple[str, ...]]) -> ControlReference:
@@ -67,6 +76,7 @@ class ControlReference:
             tensors["context"],
             contexts,
             tensors.get("time"),
+            tensors.get("latent_scale"),
         )
 
     @property
@@ -81,10 +91,8 @@ class ControlReference:
         except ValueError:
             raise ValueError(f"The covariate combination {values} has no control cells in the training data.") from None
 
-    def sample(
-        self, context: int, n: int, generator: torch.Generator, *, over_time: bool = False
-    ) -> tuple[torch.Tensor, ...]:
-        """Draw ``n`` control cells of ``context`` (with replacement): latent, log library, batch.
+    def sample(self, context: int, n: int, generator: torch.Generator, *, over_time: bool = False) -> ControlDraw:
+        """Draw ``n`` control cells of ``context`` (with replacement): latent, log library, batch, latent scale.
 
         With ``over_time``, draw ``n`` control trajectories through every time point in
         :attr:`time_points` instead: at each time point ``n`` control cells are drawn (with
@@ -93,16 +101,21 @@ class ControlReference:
 
         Returns
         -------
-        latent, log_library, batch
-            ``(n, D)``, ``(n,)`` and ``(n,)``; over time ``(n, T, D)``, ``(n, T)`` and ``(n, T)``.
+        ControlDraw
+            ``latent``, ``log_library``, ``batch`` and ``latent_scale`` (``None`` where the
+            reference has none): ``(n, D)``, ``(n,)``, ``(n,)`` and ``(n, D)``; over time
+            ``(n, T, D)``, ``(n, T)``, ``(n, T)`` and ``(n, T, D)``.
         """
         if over_time:
             return self._sample_trajectories(context, n, generator)
         pool = torch.nonzero(self.context == context).squeeze(1)
         if len(pool) == 0:
             raise ValueError(f"No control cells in context {self.contexts[context]}.")
-        pick = pool[torch.randint(len(pool), (n,), generator=generator)]
-        return self.latent[pick], self.log_library[pick], self.batch[pick]
+        return self._draw(pool[torch.randint(len(pool), (n,), generator=generator)])
+
+    def _draw(self, pick: torch.Tensor) -> ControlDraw:
+        scale = None if self.latent_scale is None else self.latent_scale[pick]
+        return ControlDraw(self.latent[pick], self.log_library[pick], self.batch[pick], scale)
 
     def _sample_trajectories(self, context: int, n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         if self.time is None:
@@ -118,5 +131,13 @@ class ControlReference:
         linked = []
         for block in torch.split(pick, CHAIN_BLOCK):
             linked.append(block.gather(0, chain_trajectories(self.latent[block][None])[0]))
-        pick = torch.cat(linked)
-        return self.latent[pick], self.log_library[pick], self.batch[pick]
+        return self._draw(torch.cat(linked))
+
+
+class ControlDraw(NamedTuple):
+    """Control cells drawn from a :class:`ControlReference` (see :meth:`ControlReference.sample`)."""
+
+    latent: torch.Tensor
+    log_library: torch.Tensor
+    batch: torch.Tensor
+    latent_scale: torch.Tensor | None

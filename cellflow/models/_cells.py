@@ -20,11 +20,16 @@ from ._config import CellFlowConfig
 
 @dataclass
 class EncodedCells:
-    """The training cells as the flow sees them: latents, VAE batch codes and log library sizes."""
+    """The training cells as the flow sees them: latents (posterior means), VAE batch codes and log library sizes.
+
+    ``latent_scale`` holds each cell's posterior standard deviations, which generation draws with
+    around the flow's latents (``None`` where only the means were computed).
+    """
 
     latent: np.ndarray
     batch: np.ndarray | None
     log_library: np.ndarray
+    latent_scale: np.ndarray | None = None
 
 
 def expression(adata, setup):
@@ -140,7 +145,7 @@ def processes(devices, trainer_kwargs: dict | None) -> int:
 
 
 def encode_cells(vae: LatentVAE, adata, setup, batch_key: str | None, categories: list[str]) -> EncodedCells:
-    """Encode every cell once (the VAE's posterior means) and keep its batch code and log library size.
+    """Encode every cell once (the VAE's posterior means and sds) and keep its batch code and log library size.
 
     Under distributed training (an initialised process group, as after Lightning's DDP) each of
     the ``W`` processes encodes a contiguous ``W``-th of the cells and all of them gather the
@@ -152,17 +157,17 @@ def encode_cells(vae: LatentVAE, adata, setup, batch_key: str | None, categories
     matrix = expression(adata, setup)
     rank, world = rank_and_world_size()
     if world == 1:
-        latent, log_library = vae.encode_with_library(matrix, batch, batch_size=ENCODE_CHUNK)
-        return EncodedCells(latent=latent, batch=batch, log_library=log_library)
+        latent, scale, log_library = vae.encode_posterior(matrix, batch, batch_size=ENCODE_CHUNK)
+        return EncodedCells(latent=latent, batch=batch, log_library=log_library, latent_scale=scale)
     chunks = -(-adata.n_obs // ENCODE_CHUNK)
     start, stop = (min(adata.n_obs, ENCODE_CHUNK * (chunks * r // world)) for r in (rank, rank + 1))
-    share = vae.encode_with_library(
+    share = vae.encode_posterior(
         RowRange(matrix, start, stop), None if batch is None else batch[start:stop], batch_size=ENCODE_CHUNK
     )
     shares = [None] * world
     torch.distributed.all_gather_object(shares, share)
-    latent, log_library = (np.concatenate(parts) for parts in zip(*shares))
-    return EncodedCells(latent=latent, batch=batch, log_library=log_library)
+    latent, scale, log_library = (np.concatenate(parts) for parts in zip(*shares))
+    return EncodedCells(latent=latent, batch=batch, log_library=log_library, latent_scale=scale)
 
 
 ENCODE_CHUNK = 4096

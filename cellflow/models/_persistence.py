@@ -1,9 +1,10 @@
 """Checkpoints of a :class:`~cellflow.CellFlow`: weights as safetensors, everything else as JSON, never pickle.
 
 Everything generation needs is in the checkpoint: the architecture, the registration, the
-vocabularies, the VAE, the flow module (condition encoder, backbone, token shifts, control
-reference) and how the flow was trained (reflowed, distilled, with a null condition). The
-training log (``history``) is saved for the record only.
+vocabularies, the VAE, the flow module (condition encoder, backbone, token shifts, library
+shifts, control reference with the control cells' posterior sds) and how the flow was trained
+(reflowed, distilled, with a null condition). The training log (``history``) is saved for the
+record only.
 
 A checkpoint cannot silently disagree with itself:
 
@@ -39,10 +40,10 @@ from ..vae import LatentVAE, VAEConfig
 from ._build import build_flow_module, embedding_hint
 from ._config import CellFlowConfig
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4  # 4: library shifts and the control cells' posterior sds
 CONFIG_FILE = "config.json"
 _WEIGHTS_NAME = re.compile(r"weights-[0-9a-f]{16}\.safetensors")
-_PARTS = ("vae", "encoder", "backbone", "reference", "shift")
+_PARTS = ("vae", "encoder", "backbone", "reference", "shift", "library_shift")
 # config.json: key -> type of its value (None allowed where the tuple holds type(None)).
 _SCHEMA = {
     "format": str,
@@ -144,6 +145,9 @@ def load_model(cls, path: Path):
     module.shifts = TokenShifts.from_tensors(parts["shift"]) if parts["shift"] else None
     if config.source_shift != "none" and module.shifts is None:
         raise CheckpointError(f"{path}: the token shifts its configuration uses are missing from the weights.")
+    if not parts["library_shift"] or reference.latent_scale is None:
+        raise CheckpointError(f"{path}: the library shifts or the control cells' posterior sds are missing.")
+    module.library_shifts = TokenShifts.from_tensors(parts["library_shift"])
     module.sampling = sampling
     model = cls.__new__(cls)
     model._set_parts(config, setup, codec, module, genes=meta["genes"])
@@ -164,6 +168,7 @@ def _tensors(model) -> dict:
     tensors |= {f"reference.{k}": v for k, v in module.reference.tensors().items()}
     if module.shifts is not None:
         tensors |= {f"shift.{k}": v for k, v in module.shifts.tensors().items()}
+    tensors |= {f"library_shift.{k}": v for k, v in module.library_shifts.tensors().items()}
     return tensors
 
 

@@ -205,6 +205,7 @@ class TrainingMixin:
             self._conditions,
             self.codec.tokens,
             source_shift=cfg.source_shift,
+            latent_scale=cells.latent_scale,
         )
         validation_groups = None
         if config.validation_fraction > 0:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -58,15 +58,24 @@ def encode(
         (log-normalised data; checked on a sample of up to 100,000 nonzero values).
     """
     _check_arguments(model, adata, layer=layer, key_added=key_added, copy=copy)
-    latent, _, _ = encode_cells(model, adata, layer)
+    latent = encode_cells(model, adata, layer).latent
     target = adata.copy() if copy else adata
     target.obsm[key_added] = latent
     logger.info("added %r (adata.obsm)", key_added)
     return target if copy else None
 
 
-def encode_cells(model: CellFlow, adata: AnnData, layer: str | None = None):
-    """Check and encode cells: ``(latent, expression of the model's genes in its order, VAE batch codes or None)``.
+class EncodedInput(NamedTuple):
+    """A user's cells in the model's latent space: posterior means and sds, log library sizes, VAE batch codes."""
+
+    latent: np.ndarray
+    latent_scale: np.ndarray
+    log_library: np.ndarray
+    batch: np.ndarray | None
+
+
+def encode_cells(model: CellFlow, adata: AnnData, layer: str | None = None) -> EncodedInput:
+    """Check and encode cells (the model's genes in its order): see :class:`EncodedInput`.
 
     Shared by :func:`encode` and :func:`cellflow.tl.predict`; raises what :func:`encode` documents.
     """
@@ -94,7 +103,7 @@ def encode_cells(model: CellFlow, adata: AnnData, layer: str | None = None):
     batch = _batch_codes(model, adata)
     if columns is not None:
         matrix = matrix[:, columns]
-    return model.vae.encode(matrix, batch), matrix, batch
+    return EncodedInput(*model.vae.encode_posterior(matrix, batch), batch)
 
 
 def _check_arguments(model, adata, *, layer, key_added, copy) -> None:

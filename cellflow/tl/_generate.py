@@ -68,8 +68,12 @@ def generate(
     """Generate cells of the given conditions with a trained model.
 
     Source cells (control cells of the context, or noise) are carried by the flow's ODE to
-    the condition; the decoder turns their latents and library sizes (drawn from the
-    context's control cells) into counts.
+    the condition; the decoder turns their latents and library sizes into counts. The library
+    sizes are those of the context's control cells drawn as sources, moved by the condition's
+    mean change of the log library size in training (the sum of its tokens' for an unmeasured
+    combination); counts are decoded from a draw around each latent with its source cell's
+    posterior standard deviation (scvi-tools' posterior predictive). ``obsm["X_cellflow"]``
+    holds the latents themselves, comparable with :func:`~cellflow.tl.encode`'s posterior means.
 
     Parameters
     ----------
@@ -109,7 +113,8 @@ def generate(
         from the unconditional flow, ``0`` ignores the condition. Needs a model trained
         with ``condition_dropout > 0`` (the null condition is learned there).
     sample_counts
-        Sample counts from the likelihood; ``False`` returns its mean (expected counts).
+        Sample counts from the likelihood (around a posterior draw of each latent); ``False``
+        returns its mean at the latent itself (expected counts).
     out
         Write the cells to this ``.h5ad`` or ``.zarr`` path instead of returning them in memory,
         for sets larger than memory (no :data:`MAX_ENTRIES` limit): cells are generated,
@@ -304,24 +309,32 @@ def _cell_blocks(
         drawn = []
         for j, start in enumerate(range(0, n_cells, block)):
             generator = torch.Generator().manual_seed(block_seed(seed, index * per_series + j))
-            z1, log_library, batch, calls = module.sample(
+            cells = module.sample(
                 condition, min(block, n_cells - start), generator, method=method, steps=steps, guidance=guidance
             )
+            z1, log_library, batch, scale, calls = cells
             _check_finite(z1, label, method, steps)
             if over_time:  # (n, T, D) trajectories: decoded once the condition's are all carried
-                drawn.append((z1, log_library, batch, generator, calls))
+                drawn.append((cells, generator))
                 continue
             x = model.vae.decode(
-                z1, log_library[:, None], batch[:, None], sample=sample_counts, generator=generator, sparse=True
+                z1,
+                log_library[:, None],
+                batch[:, None],
+                sample=sample_counts,
+                generator=generator,
+                sparse=True,
+                latent_scale=scale,
             )
             yield x, z1.numpy().astype(np.float32, copy=False), calls
         for t_out in time_points if over_time else []:
             k = model.time_points.index(t_out)
-            for z1, log_library, batch, generator, calls in drawn:
+            for (z1, log_library, batch, scale, calls), generator in drawn:
                 x = model.vae.decode(
                     z1[:, k],
                     log_library[:, k, None],
                     batch[:, k, None],
+                    latent_scale=None if scale is None else scale[:, k],
                     sample=sample_counts,
                     generator=generator,
                     sparse=True,

@@ -40,7 +40,9 @@ def predict(
 
     Every cell is encoded by the model's VAE, carried by the flow of the requested condition in
     the cell's own context (its covariate values) from where it is, moved by the condition's
-    token shift, and decoded with the cell's own library size (and VAE batch). The cells are
+    token shift, and decoded with the cell's own library size moved by the condition's library
+    shift (and its VAE batch); counts are drawn around the carried latent with the cell's own
+    posterior standard deviation, as :func:`~cellflow.tl.generate` does. The cells are
     taken to be unperturbed cells of their context, as the control cells the flow was trained
     from: pass control cells (or cells of a new donor, sample or cell line in a known context).
 
@@ -64,11 +66,13 @@ def predict(
     layer
         Layer with the expression; default: the model's layer, else ``X``.
     seed
-        Seed of the count sampling (the latents do not depend on it).
+        Seed of the draws around the predicted latents and of the count sampling (the latents
+        themselves do not depend on it).
     method, steps, guidance
         ODE solver and classifier-free guidance, as in :func:`cellflow.tl.generate`.
     sample_counts
-        Sample counts from the likelihood; ``False`` returns its mean (expected counts).
+        Sample counts from the likelihood (around a posterior draw of each latent); ``False``
+        returns its mean at the latent itself (expected counts).
 
     Returns
     -------
@@ -109,11 +113,10 @@ def predict(
     method, steps = module.sampling.solver(method, steps)
     contexts = _cell_contexts(model, adata, context)  # before the (costly) encoding: fail early
     times = _cell_times(model, adata)
-    latent, matrix, batch = encode_cells(model, adata, layer)
+    latent, latent_scale, log_library, batch = encode_cells(model, adata, layer)
 
     codec, setup = model.codec, model.setup
     ids, doses, mask = codec.encode_conditions([parsed])
-    log_library = np.log(np.maximum(np.asarray(matrix.sum(axis=1)).ravel(), 1.0))
     batch = np.zeros(adata.n_obs, dtype=np.int64) if batch is None else batch
     predicted = np.empty_like(latent)
     blocks: list[tuple[np.ndarray, sp.csr_matrix]] = []
@@ -130,13 +133,15 @@ def predict(
         z1, _ = module.carry(torch.as_tensor(latent[rows]), condition, method=method, steps=steps, guidance=guidance)
         _check_finite(z1, label, method, steps)
         predicted[rows] = z1.numpy()
+        own_library = torch.as_tensor(log_library[rows], dtype=torch.float32)
         counts = model.vae.decode(
             z1,
-            torch.as_tensor(log_library[rows], dtype=torch.float32)[:, None],
+            module.move_library(own_library, condition)[:, None],
             torch.as_tensor(batch[rows])[:, None],
             sample=sample_counts,
             generator=generator,
             sparse=True,
+            latent_scale=torch.as_tensor(latent_scale[rows]),
         )
         blocks.append((rows, counts))
     return _output(model, adata, blocks, predicted, latent, label, method, steps, guidance, seed, sample_counts)

@@ -59,8 +59,9 @@ def fit_latent_arithmetic(
     tokens: Sequence[str],
     *,
     source_shift: str,
+    latent_scale: np.ndarray | None = None,
 ) -> None:
-    """Give ``module`` its control reference and its token shifts, estimated from the training cells.
+    """Give ``module`` its control reference, token shifts and library shifts, estimated from the training cells.
 
     Parameters
     ----------
@@ -76,6 +77,15 @@ def fit_latent_arithmetic(
         The model's token vocabulary.
     source_shift
         ``"measured"``, ``"additive"`` or ``"none"`` (see :class:`~cellflow.CellFlow`).
+    latent_scale
+        ``(N, D)`` posterior standard deviations of every cell (the reference keeps the control
+        cells'), or ``None``.
+
+    Notes
+    -----
+    The library shifts are estimated whatever ``source_shift`` says, since the flow never moves
+    library sizes: a measured condition's own mean change of the log library size, an unmeasured
+    combination the sum of its tokens' (over time, per time point).
     """
     control = design.is_control
     module.set_reference(
@@ -86,12 +96,22 @@ def fit_latent_arithmetic(
             design.context[control],
             design.contexts,
             time=design.time[control] if design.has_time else None,
+            latent_scale=None if latent_scale is None else latent_scale[control],
         )
     )
+    n_contexts = len(design.contexts)
+    log_library = np.asarray(log_library, dtype=np.float64)[:, None]
+    if module.over_time:
+        module.library_shifts = time_resolved_shifts(
+            log_library, conditions, design.context, design.time_code, n_contexts, len(design.time_points), tokens
+        )
+    else:
+        module.library_shifts = TokenShifts.from_cells(
+            log_library, conditions, design.context, n_contexts, tokens, mode="measured"
+        )
     module.shifts = None
     if source_shift == "none":
         return
-    n_contexts = len(design.contexts)
     if module.over_time:
         if source_shift != "additive":
             raise ValueError(

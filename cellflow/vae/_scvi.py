@@ -188,13 +188,28 @@ class LatentVAE:
         a time, so memory holds one chunk and the latents. The log library size is the log of
         the row's total, at least 1 (an empty cell gets 0).
         """
-        latents, libraries = [], []
+        latent, _, log_library = self.encode_posterior(matrix, batch, batch_size=batch_size)
+        return latent, log_library
+
+    @torch.no_grad()
+    def encode_posterior(
+        self, matrix, batch: np.ndarray | None = None, *, batch_size: int = 4096
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Posterior means and standard deviations (``cells x n_latent`` each) and log library sizes.
+
+        As :meth:`encode_with_library`, with each cell's posterior standard deviation too: the
+        flow works with the means, and generation draws around them with these
+        (:meth:`decode`'s ``latent_scale``).
+        """
+        latents, scales, libraries = [], [], []
         for qz, log_library in self._posteriors(matrix, batch, batch_size):
             latents.append(qz.loc.cpu().numpy())
+            scales.append(qz.scale.cpu().numpy())
             libraries.append(log_library)
         if not latents:
-            return np.zeros((0, self.config.n_latent), dtype=np.float32), np.zeros(0)
-        return np.concatenate(latents, axis=0), np.concatenate(libraries)
+            empty = np.zeros((0, self.config.n_latent), dtype=np.float32)
+            return empty, empty.copy(), np.zeros(0)
+        return np.concatenate(latents, axis=0), np.concatenate(scales, axis=0), np.concatenate(libraries)
 
     @torch.no_grad()
     def sample_posterior(
@@ -249,6 +264,7 @@ class LatentVAE:
         sample: bool = True,
         generator: torch.Generator | None = None,
         sparse: bool = False,
+        latent_scale: torch.Tensor | None = None,
     ) -> torch.Tensor | sp.csr_matrix:
         """Latent + log library size -> the likelihood's parameters -> counts (or the mean).
 
@@ -269,8 +285,18 @@ class LatentVAE:
             are then compressed block by block as they are drawn, in the sampling threads, so
             the dense count matrix is never formed; the counts are the same as with
             ``sparse=False``.
+        latent_scale
+            ``(N, n_latent)`` posterior standard deviations around ``z``, or ``None``. With
+            ``sample``, each cell's latent is first drawn from ``Normal(z, latent_scale)`` (on the
+            CPU, from ``generator``), as scvi-tools' posterior predictive draws it from the
+            posterior: ``z`` that are posterior *means* (what the flow carries) decoded as they are
+            give cells too alike, whose log-normalised means are off (the decoder is not linear).
+            Ignored without ``sample`` (the mean at ``z``).
         """
         device = next(self.module.parameters()).device
+        if sample and latent_scale is not None:
+            noise = torch.randn(z.shape, generator=generator)  # on the CPU: the same draws on any device
+            z = z + latent_scale.to(z) * noise.to(z)
         z, log_library = z.to(device), log_library.to(device)
         if batch is None:
             batch = torch.zeros(z.shape[0], 1, dtype=torch.long, device=device)

@@ -32,7 +32,7 @@ def _straightness_gap(model, condition, n=200):
     accurate = cf.tl.generate(model, method="rk4", steps=32, **kwargs).obsm["X_cellflow"]
     # The same seed draws the same control cells first; latent arithmetic alone would put them here:
     reference = model.module.reference
-    z0, _, _ = reference.sample(reference.context_code(("type_0",)), n, torch.Generator().manual_seed(0))
+    z0 = reference.sample(reference.context_code(("type_0",)), n, torch.Generator().manual_seed(0)).latent
     start = z0.numpy() + _shift(model, condition)
     return np.linalg.norm(one - accurate, axis=1).mean() / np.linalg.norm(accurate - start, axis=1).mean()
 

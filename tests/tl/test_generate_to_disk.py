@@ -75,8 +75,10 @@ def test_one_block_draws_exactly_what_the_flow_and_decoder_draw(trained):
     context = torch.tensor([module.reference.context_code(("type_0",))])
     batch = ConditionBatch(ids, dose, mask, covariates, torch.tensor([0.0]), context)
     generator = torch.Generator().manual_seed(9)
-    z1, log_library, vae_batch, _ = module.sample(batch, 40, generator, method="euler", steps=4)
-    counts = trained.vae.decode(z1, log_library[:, None], vae_batch[:, None], generator=generator, sparse=True)
+    z1, log_library, vae_batch, scale, _ = module.sample(batch, 40, generator, method="euler", steps=4)
+    counts = trained.vae.decode(
+        z1, log_library[:, None], vae_batch[:, None], generator=generator, sparse=True, latent_scale=scale
+    )
 
     pred = cf.tl.generate(trained, conditions=["control"], n_cells=40, covariates=CONTEXT, seed=9)
     np.testing.assert_array_equal(pred.obsm["X_cellflow"], z1.numpy())
