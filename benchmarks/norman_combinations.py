@@ -15,10 +15,10 @@ column holds the number). The second removes the prediction's own sampling noise
 distance (squared Euclidean, scPerturb) estimates twice the squared distance of the means in PC
 space without bias at any size, but with ~100 predicted cells its
 spread across seeds is as large as the differences between methods, and sampling noise lowers
-every Pearson delta. The VAE rows and the noise floor use the real cells in both:
-``vae_ceiling`` decodes the held-out cells' posterior means (what a flow that generated their
-latents exactly would reach), ``vae_posterior_predictive`` a draw from each cell's posterior
-(scvi-tools' posterior predictive).
+every Pearson delta. The VAE row and the noise floor use the real cells in both:
+``vae_ceiling`` decodes the held-out cells as generation decodes its cells (a draw around each
+posterior mean, the cells' own library sizes: scvi-tools' posterior predictive), what a flow
+that generated their latents and library sizes exactly would reach.
 
 Every prediction is drawn ``--draws`` times (default 5: new source cells and counts, new halves
 for the noise floor), each draw scored and the scores averaged. One draw of ~100 cells scatters
@@ -64,7 +64,7 @@ import numpy as np
 import pandas as pd
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "norman2019_mcfaline2023_subset.h5ad"
-METHODS = ["cellflow", "cellflow_no_reflow", "latent_arithmetic", "vae_ceiling", "vae_posterior_predictive"]
+METHODS = ["cellflow", "cellflow_no_reflow", "latent_arithmetic", "vae_ceiling"]
 METHODS += ["additive", "control", "noise_floor"]
 DISTANCES = ["energy_distance", "energy_distance_unsquared", "mmd"]
 METRICS = ["energy_distance", "pearson_delta_top20", "pearson_delta", "energy_distance_unsquared", "mmd"]

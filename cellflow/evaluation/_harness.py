@@ -63,11 +63,11 @@ def score_held_out(
         against a simulator's ground truth).
     vae_ceiling
         With a model, also score ``vae_ceiling``: the real held-out cells passed through the
-        model's VAE (their posterior means, decoded with their own library sizes, counts
-        sampled), what a flow that generated the held-out cells' latents exactly would reach,
-        so this row tells errors of the flow from those of the VAE; and
-        ``vae_posterior_predictive``: the same from one draw of each cell's posterior
-        (scvi-tools' posterior predictive), what the VAE makes of the cells themselves.
+        model's VAE and decoded as generation decodes (a draw around each cell's posterior mean
+        with its posterior sd, the cell's own library size, counts sampled: scvi-tools'
+        posterior predictive), what a flow that generated the held-out cells' latents and
+        library sizes exactly would reach, so this row tells errors of the flow from those of
+        the VAE.
     n_cells
         Cells each method predicts per condition and context (default: as many as the real
         held-out cells). More cells estimate a method's predicted distribution more
@@ -172,10 +172,6 @@ def _score_draw(
         predictions["cellflow"] = (log_normalize(pred.X), time.perf_counter() - start)
         if ceiling_counts is not None and model.config.batch_key is None:  # batches of real cells are not tracked
             predictions["vae_ceiling"] = (_reconstruct(model, ceiling_counts, seed), None)
-            predictions["vae_posterior_predictive"] = (
-                _reconstruct(model, ceiling_counts, seed, posterior_draw=True),
-                None,
-            )
     for baseline in baselines:
         predictions[baseline.name] = (
             baseline.predict(condition, covariates=context, n_cells=n_predicted, seed=seed),
@@ -204,9 +200,9 @@ def score_reconstruction(
 ) -> pd.DataFrame:
     """How faithfully the model's VAE keeps each perturbation's effect: real cells through it, scored.
 
-    Every perturbed condition of ``adata`` (in each context) is encoded (the posterior means,
-    which the flow is trained on), decoded with the cells' own library sizes and sampled, then
-    scored against the same real cells like a prediction
+    Every perturbed condition of ``adata`` (in each context) is encoded and decoded as
+    generation decodes (a draw around each posterior mean with its posterior sd, the cells' own
+    library sizes, counts sampled), then scored against the same real cells like a prediction
     (:class:`~cellflow.evaluation.ConditionScorer`, control cells of the context as reference),
     next to the noise floor. It needs only the VAE (:meth:`~cellflow.CellFlow.train_vae`) and
     only training cells, so it can choose VAE settings (e.g. the KL weight) without looking at
@@ -258,20 +254,17 @@ def score_reconstruction(
     return pd.DataFrame(rows)
 
 
-def _reconstruct(model: CellFlow, counts, seed: int, *, posterior_draw: bool = False) -> np.ndarray:
-    """Real cells through the model's VAE, log-normalised: decoded with their own library sizes, counts sampled.
+def _reconstruct(model: CellFlow, counts, seed: int) -> np.ndarray:
+    """Real cells through the model's VAE as generation decodes its cells, log-normalised.
 
-    The latent is each cell's posterior mean (what the flow is trained on and generates), or
-    with ``posterior_draw`` one draw from its posterior
-    (:meth:`~cellflow.vae.LatentVAE.sample_posterior`: scvi-tools' posterior predictive).
+    Each cell's posterior mean and sd and its own library size go to the decoder
+    (:meth:`~cellflow.vae.LatentVAE.decode` with ``latent_scale``), which draws the latent
+    around the mean and samples counts: scvi-tools' posterior predictive.
     """
+    latent, scale, log_library = (torch.as_tensor(a, dtype=torch.float32) for a in model.vae.encode_posterior(counts))
     generator = torch.Generator().manual_seed(seed)
-    if posterior_draw:
-        latent, log_library = model.vae.sample_posterior(counts, generator=generator)
-    else:
-        means, log_library = model.vae.encode_with_library(counts)
-        latent, log_library = torch.as_tensor(means, dtype=torch.float32), torch.as_tensor(log_library).float()
-    return log_normalize(model.vae.decode(latent, log_library.view(-1, 1), generator=generator).cpu().numpy())
+    decoded = model.vae.decode(latent, log_library.view(-1, 1), generator=generator, latent_scale=scale)
+    return log_normalize(decoded.cpu().numpy())
 
 
 def summary_table(results: pd.DataFrame, metrics: Sequence[str], by: Sequence[str] = ("method",)) -> pd.DataFrame:

@@ -212,49 +212,6 @@ class LatentVAE:
         return np.concatenate(latents, axis=0), np.concatenate(scales, axis=0), np.concatenate(libraries)
 
     @torch.no_grad()
-    def sample_posterior(
-        self,
-        matrix,
-        batch: np.ndarray | None = None,
-        *,
-        generator: torch.Generator | None = None,
-        batch_size: int = 4096,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        r"""One latent drawn from each cell's posterior :math:`q(z \mid x)`, and the cells' log library sizes.
-
-        Decoding these draws and sampling counts is scvi-tools' posterior predictive
-        (``SCVI.posterior_predictive_sample``): what the VAE makes of the cells themselves, as it
-        was trained (its decoder sees posterior draws, never the means of :meth:`encode`, which
-        the flow works with).
-
-        Parameters
-        ----------
-        matrix
-            Counts, cells x genes; read ``batch_size`` rows at a time, as in
-            :meth:`encode_with_library` (it may stay on disk).
-        batch
-            VAE batch code of each cell, or ``None`` (batch 0).
-        generator
-            A CPU ``torch.Generator`` for the draws (they are made on the CPU, so the same seed
-            gives the same latents on any device); ``None`` uses torch's global generator.
-        batch_size
-            Rows read and encoded at a time.
-
-        Returns
-        -------
-        z, log_library
-            ``(cells, n_latent)`` float32 latents and ``(cells,)`` log library sizes (CPU tensors).
-        """
-        latents, libraries = [], []
-        for qz, log_library in self._posteriors(matrix, batch, batch_size):
-            noise = torch.randn(qz.loc.shape, generator=generator).to(qz.loc.device)  # CPU draw: same on any device
-            latents.append(self.module.z_encoder.z_transformation(qz.loc + qz.scale * noise).float().cpu())
-            libraries.append(torch.as_tensor(log_library, dtype=torch.float32))
-        if not latents:
-            return torch.zeros(0, self.config.n_latent), torch.zeros(0)
-        return torch.cat(latents), torch.cat(libraries)
-
-    @torch.no_grad()
     def decode(
         self,
         z: torch.Tensor,

@@ -1,4 +1,4 @@
-"""Draws from the VAE's posterior: scvi-tools' posterior predictive starts there, not at the posterior mean."""
+"""The VAE's posteriors: generation decodes a draw around each latent, as scvi-tools' posterior predictive does."""
 
 import numpy as np
 import torch
@@ -11,29 +11,31 @@ def _posterior(vae, counts):
     return qz.loc.numpy(), qz.scale.numpy()
 
 
-def test_posterior_draws_have_the_posteriors_mean_and_spread(screen, trained):
+def test_encode_posterior_gives_each_cells_posterior_mean_and_sd(screen, trained):
     _, _, _, train = screen
-    counts = np.asarray(train.X[:12].todense() if hasattr(train.X, "todense") else train.X[:12])
-    repeats = 500
-    z, _ = trained.vae.sample_posterior(np.tile(counts, (repeats, 1)), generator=torch.Generator().manual_seed(0))
-    draws = z.numpy().reshape(repeats, len(counts), -1)
-    loc, scale = _posterior(trained.vae, counts)
-    np.testing.assert_allclose(loc, trained.vae.encode(counts), rtol=1e-5, atol=1e-6)  # encode is the mean
-    # Mean of 500 draws within 5 standard errors of the posterior mean; their sd within 15% of its scale.
-    assert np.all(np.abs(draws.mean(axis=0) - loc) < 5 * scale / np.sqrt(repeats))
-    np.testing.assert_allclose(draws.std(axis=0), scale, rtol=0.15)
+    counts = np.asarray(train.X[:30].todense() if hasattr(train.X, "todense") else train.X[:30])
+    loc, scale, log_library = trained.vae.encode_posterior(counts, batch_size=7)  # several chunks
+    expected_loc, expected_scale = _posterior(trained.vae, counts)
+    np.testing.assert_allclose(loc, expected_loc, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scale, expected_scale, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(log_library, np.log(np.maximum(counts.sum(axis=1), 1.0)), rtol=1e-6)
 
 
-def test_posterior_draws_follow_the_generator_and_keep_the_library_sizes(screen, trained):
+def test_decoding_with_a_latent_scale_decodes_a_draw_around_the_latent(screen, trained):
     _, _, _, train = screen
-    counts = train.X[:40]
-    first, log_library = trained.vae.sample_posterior(counts, generator=torch.Generator().manual_seed(1))
-    again, _ = trained.vae.sample_posterior(counts, generator=torch.Generator().manual_seed(1))
-    other, _ = trained.vae.sample_posterior(counts, generator=torch.Generator().manual_seed(2))
-    torch.testing.assert_close(first, again)
-    assert not torch.allclose(first, other)
-    assert first.shape == (40, trained.vae.config.n_latent) and first.dtype == torch.float32
-    _, expected = trained.vae.encode_with_library(counts)
-    np.testing.assert_allclose(log_library.numpy(), expected, rtol=1e-6)
-    empty, no_library = trained.vae.sample_posterior(counts[:0])
-    assert empty.shape == (0, trained.vae.config.n_latent) and no_library.shape == (0,)
+    z, scale, log_library = (
+        torch.as_tensor(a, dtype=torch.float32) for a in trained.vae.encode_posterior(train.X[:50])
+    )
+    log_library = log_library[:, None]
+    drawn = trained.vae.decode(z, log_library, latent_scale=scale, generator=torch.Generator().manual_seed(3))
+    # The same as drawing z ~ Normal(z, scale) first with the generator, then the counts from it.
+    generator = torch.Generator().manual_seed(3)
+    by_hand = trained.vae.decode(
+        z + scale * torch.randn(z.shape, generator=generator), log_library, generator=generator
+    )
+    torch.testing.assert_close(drawn, by_hand)
+    # Without sampling, the scale is ignored: the likelihood's mean at z itself.
+    torch.testing.assert_close(
+        trained.vae.decode(z, log_library, latent_scale=scale, sample=False),
+        trained.vae.decode(z, log_library, sample=False),
+    )
