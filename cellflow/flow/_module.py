@@ -126,7 +126,7 @@ class FlowModule(nn.Module):
         whole way).
     library_shifts
         Token shifts of the log library size (``D = 1``): what a condition adds to its source
-        cells' log library sizes at generation (``None``: none, as in models saved before).
+        cells' log library sizes at generation (``None`` until the flow is trained).
     reference
         Control cells of the training data, by context: the sources of generated cells.
     sampling
@@ -168,7 +168,7 @@ class FlowModule(nn.Module):
         with torch.no_grad():
             self.load_state_dict(snapshot["weights"])
         self.shifts, self.sampling = snapshot["shifts"], snapshot["sampling"]
-        self.library_shifts = snapshot.get("library_shifts")
+        self.library_shifts = snapshot["library_shifts"]
         self.reference = None
         self.times = torch.zeros(0, device=self.times.device)
         if snapshot["reference"] is not None:

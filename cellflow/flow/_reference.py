@@ -33,9 +33,9 @@ class ControlReference:
         ``(n,)`` experimental time of each control cell (models set up with a ``time_key``),
         or ``None``: generation over time draws control trajectories from it.
     latent_scale
-        ``(n, D)`` posterior standard deviations of each control cell's latent, or ``None``
-        (models saved before they were kept): a generated cell is decoded from a draw around its
-        latent with its source cell's.
+        ``(n, D)`` posterior standard deviations of each control cell's latent (``None``: a
+        reference built without them, whose cells are decoded at their latents): a generated
+        cell is decoded from a draw around its latent with its source cell's.
     """
 
     latent: torch.Tensor

@@ -22,14 +22,14 @@ from ._config import CellFlowConfig
 class EncodedCells:
     """The training cells as the flow sees them: latents (posterior means), VAE batch codes and log library sizes.
 
-    ``latent_scale`` holds each cell's posterior standard deviations, which generation draws with
-    around the flow's latents (``None`` where only the means were computed).
+    ``latent_scale`` holds each cell's posterior standard deviations, with which generation draws
+    around the flow's latents.
     """
 
     latent: np.ndarray
     batch: np.ndarray | None
     log_library: np.ndarray
-    latent_scale: np.ndarray | None = None
+    latent_scale: np.ndarray
 
 
 def expression(adata, setup):

@@ -377,7 +377,9 @@ class TrainingMixin:
         """Take a (new) VAE; a flow trained in another latent space no longer applies, so it is marked untrained."""
         if vae is not self.vae and self.module.reference is not None:
             snapshot = self.module.snapshot()
-            self.module.restore({**snapshot, "shifts": None, "reference": None, "sampling": SamplingInfo()})
+            self.module.restore(
+                {**snapshot, "shifts": None, "library_shifts": None, "reference": None, "sampling": SamplingInfo()}
+            )
             self.flow_config = None
         self.vae, self.batch_categories, self._cells = vae, list(batch_categories), cells
 

@@ -59,7 +59,7 @@ def fit_latent_arithmetic(
     tokens: Sequence[str],
     *,
     source_shift: str,
-    latent_scale: np.ndarray | None = None,
+    latent_scale: np.ndarray,
 ) -> None:
     """Give ``module`` its control reference, token shifts and library shifts, estimated from the training cells.
 
@@ -79,7 +79,7 @@ def fit_latent_arithmetic(
         ``"measured"``, ``"additive"`` or ``"none"`` (see :class:`~cellflow.CellFlow`).
     latent_scale
         ``(N, D)`` posterior standard deviations of every cell (the reference keeps the control
-        cells'), or ``None``.
+        cells').
 
     Notes
     -----
@@ -96,7 +96,7 @@ def fit_latent_arithmetic(
             design.context[control],
             design.contexts,
             time=design.time[control] if design.has_time else None,
-            latent_scale=None if latent_scale is None else latent_scale[control],
+            latent_scale=latent_scale[control],
         )
     )
     n_contexts = len(design.contexts)

@@ -72,12 +72,18 @@ def test_linear_bad_arguments():
 
 
 class _ExpVAE:
-    """Stand-in VAE: latent = log1p(counts), decode = exp(latent), so arithmetic is checkable by hand."""
+    """Stand-in VAE: latent = log1p(counts), decode = exp(latent), so arithmetic is checkable by hand.
 
-    def encode(self, matrix, batch=None):
-        return np.log1p(np.asarray(matrix, dtype=np.float64))
+    Every posterior sd is 0.5; the last decoding's log library sizes and latent scales are kept.
+    """
 
-    def decode(self, z, log_library, batch=None, *, sample=True, generator=None):
+    def encode_posterior(self, matrix, batch=None):
+        matrix = np.asarray(matrix, dtype=np.float64)
+        latent = np.log1p(matrix)
+        return latent, np.full_like(latent, 0.5), np.log(np.maximum(matrix.sum(axis=1), 1.0))
+
+    def decode(self, z, log_library, batch=None, *, sample=True, generator=None, latent_scale=None):
+        self.last = {"log_library": log_library.numpy().ravel(), "latent_scale": latent_scale.numpy()}
         return torch.exp(z)
 
 
@@ -101,6 +107,14 @@ def test_latent_arithmetic_by_hand():
     pick = np.random.default_rng(2).choice(np.flatnonzero((lab == "control") & (ctx == "x")), 40)
     expected = log_normalize(np.exp(z[pick] + shift("A", "x") + shift("B", "x")))
     assert np.allclose(pred, expected, atol=1e-5)
+    # Decoded as cellflow decodes: control library sizes moved by the tokens' library shifts, posterior sds.
+    log_library = np.log(np.asarray(adata.X, dtype=np.float64).sum(axis=1))[:, None]
+    library_shift = sum(
+        log_library[(lab == t) & (ctx == "x")].mean() - log_library[(lab == "control") & (ctx == "x")].mean()
+        for t in ("A", "B")
+    )
+    np.testing.assert_allclose(baseline.model.vae.last["log_library"], log_library[pick, 0] + library_shift, rtol=1e-6)
+    np.testing.assert_array_equal(baseline.model.vae.last["latent_scale"], np.full((40, adata.n_vars), 0.5))
     # B was never measured in y: its shift comes from x (covariate transfer)
     pred_y = baseline.predict("B", covariates={"cell_type": "y"}, n_cells=10, seed=0)
     pick = np.random.default_rng(0).choice(np.flatnonzero((lab == "control") & (ctx == "y")), 10)
