@@ -11,13 +11,15 @@ benchmark, next to:
 - ``vae_ceiling``: the real cells through the model's VAE, decoded as generation decodes (a
   draw around each posterior mean, the cells' own library sizes): what the VAE alone makes of
   them, and what a flow that generated their latents exactly would reach;
+- ``latent_arithmetic``: the same model with a zero velocity field (control latents shifted by the
+  sum of the tokens' mean latent shifts, decoded as cellflow decodes): what the flow adds;
 - ``additive``: control cells shifted by the sum of the condition's tokens' measured mean
   changes (for a single, its own measured mean change);
 - ``control`` (no change) and ``noise_floor`` (half the real cells predicting the other half).
 
 Run: ``.venv/bin/python -u benchmarks/training_fit.py --models DIR/seed0 DIR/seed1 ... [--draws 3]
-[--out DIR] [--results-page]``. ``--results-page`` writes the section ``training_fit`` of
-``docs/results.md``.
+[--out DIR] [--results-page]``, or ``--report DIR/results.csv`` to summarise an earlier run.
+``--results-page`` writes the section ``training_fit`` of ``docs/results.md``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from norman_combinations import DEFAULT_DATA, N_DOUBLES, load_norman  # noqa: E402
 
-METHODS = ["cellflow", "vae_ceiling", "additive", "control", "noise_floor"]
+METHODS = ["cellflow", "latent_arithmetic", "vae_ceiling", "additive", "control", "noise_floor"]
 METRICS = ["energy_distance", "pearson_delta_top20", "energy_distance_unsquared", "mmd"]
 MIN_CELLS = 50
 
@@ -39,7 +41,8 @@ MIN_CELLS = 50
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", type=Path, nargs="+", required=True, help="saved models, one per seed")
+    parser.add_argument("--models", type=Path, nargs="+", default=[], help="saved models, one per seed")
+    parser.add_argument("--report", type=Path, default=None, help="an earlier run's results.csv to summarise")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the Norman/McFaline-Figueroa subset (.h5ad)")
     parser.add_argument("--draws", type=int, default=3, help="draws of every prediction (scores averaged)")
     parser.add_argument("--out", type=Path, default=None, help="directory for results.csv")
@@ -47,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.draws < 1:
         parser.error(f"--draws {args.draws}: give at least 1.")
+    if not args.models and args.report is None:
+        parser.error("give --models DIR/seed0 ... (or --report RUN/results.csv).")
     missing = [str(m) for m in args.models if not (m / "config.json").exists()]
     if missing:
         parser.error(
@@ -60,6 +65,7 @@ def score_model(path: Path, adata, frame, draws: int) -> pd.DataFrame:
     """Every training condition of the model at ``path``, scored for every method (one row per condition and draw)."""
     import cellflow as cf
     from cellflow.evaluation import AdditiveBaseline, ControlBaseline, score_held_out
+    from cellflow.evaluation._latent import LatentArithmeticBaseline
 
     model = cf.CellFlow.load(path)
     trained_on = set(model.setup.conditions)
@@ -73,20 +79,29 @@ def score_model(path: Path, adata, frame, draws: int) -> pd.DataFrame:
     cf.pp.setup(train, perturbation_key="perturbation", control="control")
     counts = train_frame["condition"].value_counts()
     conditions = sorted(c for c, n in counts.items() if c != "control" and n >= MIN_CELLS)
-    baselines = [AdditiveBaseline().fit(train), ControlBaseline().fit(train)]
+    baselines = [LatentArithmeticBaseline(model).fit(train)]
+    baselines += [AdditiveBaseline().fit(train), ControlBaseline().fit(train)]
     seed = int(model.config.seed)
     rows = score_held_out(train, train_frame, conditions, model=model, baselines=baselines, seed=seed, draws=draws)
     return rows.assign(seed=seed, model=str(path))
 
 
 def summary(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean over draws and conditions per seed, then mean ± sd over seeds, per method."""
-    per_seed = results.groupby(["method", "seed"])[METRICS].mean().groupby("method")
-    mean, sd = per_seed.mean(), per_seed.std()
-    table = mean.map("{:.4f}".format)
-    if results["seed"].nunique() > 1:
-        table = table + " ± " + sd.map("{:.4f}".format)
-    return table.reindex([m for m in METHODS if m in table.index])
+    """Mean over draws and conditions per seed, then mean ± sd over seeds, per method (and singles, doubles)."""
+    kinds = {"all": results}
+    kinds["singles"] = results[~results["condition"].str.contains("+", regex=False)]
+    kinds["doubles"] = results[results["condition"].str.contains("+", regex=False)]
+    tables = []
+    for kind, rows in kinds.items():
+        per_seed = rows.groupby(["method", "seed"])[METRICS].mean().groupby("method")
+        mean, sd = per_seed.mean(), per_seed.std()
+        table = mean.map("{:.4f}".format)
+        if rows["seed"].nunique() > 1:
+            table = table + " ± " + sd.map("{:.4f}".format)
+        table = table.reindex([m for m in METHODS if m in table.index])
+        table.index = [f"{m} ({kind}, {rows['condition'].nunique()})" for m in table.index]
+        tables.append(table)
+    return pd.concat(tables)
 
 
 def worst_conditions(results: pd.DataFrame, n: int = 8) -> pd.DataFrame:
@@ -102,12 +117,15 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     import cellflow as cf
     from cellflow.evaluation import conditions_frame
 
-    adata = load_norman(args.data)
-    cf.pp.setup(adata, perturbation_key="perturbation", control="control")
-    frame = conditions_frame(adata)
-    results = pd.concat([score_model(path, adata, frame, args.draws) for path in args.models], ignore_index=True)
-    n_conditions = results["condition"].nunique()
-    print(f"\n{n_conditions} training conditions, {results['seed'].nunique()} model(s), {args.draws} draw(s) each")
+    if args.report is not None:
+        results = pd.read_csv(args.report)
+    else:
+        adata = load_norman(args.data)
+        cf.pp.setup(adata, perturbation_key="perturbation", control="control")
+        frame = conditions_frame(adata)
+        results = pd.concat([score_model(p, adata, frame, args.draws) for p in args.models], ignore_index=True)
+    n_conditions, draws = results["condition"].nunique(), results["draw"].nunique()
+    print(f"\n{n_conditions} training conditions, {results['seed'].nunique()} model(s), {draws} draw(s) each")
     with pd.option_context("display.width", 160):
         print(summary(results).to_string())
         print("\nenergy distance of the conditions cellflow reproduces worst:")
@@ -122,7 +140,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         parts = [
             provenance(
                 f"{n_conditions} training conditions (at least {MIN_CELLS} cells) of models trained with the "
-                f"five doubles held out, seeds {seeds}; {args.draws} draw(s) of every prediction, as many "
+                f"five doubles held out, seeds {seeds}; {draws} draw(s) of every prediction, as many "
                 "cells as real ones. Mean over the draws and the conditions, then mean ± sd over the seeds."
             ),
             markdown_table(summary(results), index=True),

@@ -2,7 +2,8 @@
 
 A latent flow cannot predict an effect its VAE washes out. This script trains cellflow's VAE
 (``train_vae``, defaults) at each ``--kl-weights`` value and seed, passes the real cells of every
-perturbed condition through it (encode, decode with their own library sizes, sample counts) and
+perturbed condition through it (encode, decode a draw around each posterior mean with the cell's
+own library size and sample counts, as generation decodes) and
 scores them against the same cells (``cellflow.evaluation.score_reconstruction``): Pearson delta on
 the top-20 genes (is the mean change from control kept?) and energy distance on 50 principal
 components (is the distribution kept?), next to the noise floor. No held-out cell is used: on
@@ -14,7 +15,8 @@ set. ``mcfaline`` (CRISPRi in three glioblastoma lines, contexts = lines) and ``
 Run: ``.venv/bin/python -u benchmarks/vae_fidelity.py [--dataset norman|mcfaline|papalexi]
 [--kl-weights 1,0.6] [--seeds 2] [--data PATH] [--vae-epochs N] [--out DIR] [--results-page]``
 (``--vae-epochs 1 --seeds 1`` is a smoke run, not a measurement). ``--results-page`` writes the
-summary and the verdict into the section ``vae_fidelity-DATASET`` of ``docs/results.md``.
+summary and the verdict into the section ``vae_fidelity-DATASET`` of ``docs/results.md``;
+``--report DIR/fidelity.csv`` summarises an earlier run's ``--out`` instead of training.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1 per KL weight")
     parser.add_argument("--vae-epochs", type=int, default=None, help="VAE epochs (default: cellflow's)")
     parser.add_argument("--out", type=Path, default=None, help="directory to write fidelity.csv to")
+    parser.add_argument("--report", type=Path, default=None, help="an earlier run's fidelity.csv to summarise")
     parser.add_argument(
         "--results-page", action="store_true", help="write the summary into docs/results.md (off by default)"
     )
@@ -130,22 +133,28 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     """Train, score and print the summary and the verdict."""
     args = parse_args(argv)
     start = time.perf_counter()
-    adata, keys = load(args.dataset, args.data)
-    print(f"{args.dataset}: {adata.n_obs} cells x {adata.n_vars} genes (training cells only)", flush=True)
-    runs = []
-    for kl_weight in args.kl_weights:
-        for seed in range(args.seeds):
-            rows = score_weight(adata, keys, kl_weight, seed, args.vae_epochs)
-            ours = rows[rows["method"] == "vae_reconstruction"][METRICS].mean()
-            print(
-                f"  KL {kl_weight:g} seed {seed}: VAE {rows['vae_seconds'].iloc[0]:.0f} s, "
-                f"Pearson top-20 {ours['pearson_delta_top20']:.4f}, energy {ours['energy_distance']:.4f}",
-                flush=True,
-            )
-            runs.append(rows)
-    results = pd.concat(runs, ignore_index=True)
+    if args.report is not None:
+        results = pd.read_csv(args.report)
+        cells = f"the training cells of {args.dataset}"
+    else:
+        adata, keys = load(args.dataset, args.data)
+        cells = f"{adata.n_obs} training cells of {args.dataset}"
+        print(f"{args.dataset}: {adata.n_obs} cells x {adata.n_vars} genes (training cells only)", flush=True)
+        runs = []
+        for kl_weight in args.kl_weights:
+            for seed in range(args.seeds):
+                rows = score_weight(adata, keys, kl_weight, seed, args.vae_epochs)
+                ours = rows[rows["method"] == "vae_reconstruction"][METRICS].mean()
+                print(
+                    f"  KL {kl_weight:g} seed {seed}: VAE {rows['vae_seconds'].iloc[0]:.0f} s, "
+                    f"Pearson top-20 {ours['pearson_delta_top20']:.4f}, energy {ours['energy_distance']:.4f}",
+                    flush=True,
+                )
+                runs.append(rows)
+        results = pd.concat(runs, ignore_index=True)
+    n_seeds = results["seed"].nunique()
     with pd.option_context("display.width", 160):
-        print(f"\nmean over conditions, mean ± sd over {args.seeds} seed(s):")
+        print(f"\nmean over conditions, mean ± sd over {n_seeds} seed(s):")
         print(summary(results).to_string())
     print("\n" + verdict(results))
     if args.out is not None:
@@ -155,10 +164,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     if args.results_page:
         from _results import markdown_table, provenance, write_results_section
 
-        intro = provenance(
-            f"{adata.n_obs} training cells of {args.dataset}; mean over conditions, "
-            f"mean ± sd over {args.seeds} seed(s)."
-        )
+        intro = provenance(f"{cells}; mean over conditions, mean ± sd over {n_seeds} seed(s).")
         table = markdown_table(summary(results), index=True)
         write_results_section(f"vae_fidelity-{args.dataset}", f"{intro}\n\n{table}\n\n{verdict(results)}")
     print(f"done in {time.perf_counter() - start:.0f} s")
