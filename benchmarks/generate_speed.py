@@ -153,10 +153,13 @@ def decode_seconds(model, args) -> tuple[float, float, float]:
     z = torch.randn(args.n_cells, model.config.latent_dim, generator=generator)
     log_library = torch.full((args.n_cells, 1), float(np.log(3000.0)))
     batch = torch.zeros(args.n_cells, 1, dtype=torch.long)
+    scale = torch.full_like(z, 0.5)  # posterior sds: sampling draws around the latent first, as generate does
     with torch.no_grad():
         mean_seconds, sample_seconds = (
             best_seconds(
-                partial(model.vae.decode, z, log_library, batch, sample=sample, generator=generator),
+                partial(
+                    model.vae.decode, z, log_library, batch, sample=sample, generator=generator, latent_scale=scale
+                ),
                 repeats=args.repeats,
             )
             for sample in (False, True)

@@ -11,8 +11,10 @@ benchmark, next to:
 - ``vae_ceiling``: the real cells through the model's VAE, decoded as generation decodes (a
   draw around each posterior mean, the cells' own library sizes): what the VAE alone makes of
   them, and what a flow that generated their latents exactly would reach;
-- ``latent_arithmetic``: the same model with a zero velocity field (control latents shifted by the
-  sum of the tokens' mean latent shifts, decoded as cellflow decodes): what the flow adds;
+- ``latent_arithmetic``: control latents shifted by the sum of the tokens' mean latent shifts (and
+  library sizes by the sum of their library shifts), decoded as cellflow decodes; on a single it
+  is the model with a zero velocity field (its own measured shift), so there it shows what the
+  flow adds; on a double whose singles were not measured it lacks what the model measured;
 - ``additive``: control cells shifted by the sum of the condition's tokens' measured mean
   changes (for a single, its own measured mean change);
 - ``control`` (no change) and ``noise_floor`` (half the real cells predicting the other half).

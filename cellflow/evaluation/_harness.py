@@ -75,7 +75,7 @@ def score_held_out(
         energy distance (whose estimate is unbiased at any size). The VAE ceiling and the
         noise floor always use the real cells.
     draws
-        Independent draws of every prediction (and of the VAE rows' latents and counts and the
+        Independent draws of every prediction (and of the VAE row's latents and counts and the
         noise floor's halves), each scored on its own (column ``draw``; the first draw with
         ``seed`` itself, draw ``d`` with ``SeedSequence(seed, spawn_key=(d,))``). With few cells
         a condition one draw's distances scatter; the mean over draws keeps its expectation and
@@ -163,7 +163,7 @@ def _score_draw(
     """Rows of one draw of one condition in one context: every method's prediction scored, and the noise floor.
 
     ``truth`` and ``control_cells`` are the real held-out and control cells of the context
-    (log-normalised), ``ceiling_counts`` the held-out cells' counts for the VAE rows (``None``: none).
+    (log-normalised), ``ceiling_counts`` the held-out cells' counts for the VAE row (``None``: none).
     """
     predictions = {}
     if model is not None:

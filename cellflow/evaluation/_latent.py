@@ -22,7 +22,9 @@ class LatentArithmeticBaseline(Baseline):
     latents of the context + ``shift_A + shift_B``, decoded as cellflow decodes its own cells
     (with the control cells' log library sizes plus the tokens' summed library shifts, counts
     drawn around a posterior draw of each latent; as scGen, Lotfollahi et al. 2019, with the VAE
-    of the model instead of a separately trained one): the flow with a zero velocity field.
+    of the model instead of a separately trained one). For an unseen combination it is the model
+    with a zero velocity field; a condition measured in training is shifted by the sum of its
+    tokens' shifts here, where the model (``source_shift="measured"``) uses its own.
     A token not measured alone in the context uses its shift from the contexts where it was
     (covariate transfer), or one derived from the combinations it was measured in; a token with
     neither contributes nothing and is listed in ``missing_singles``.

@@ -117,7 +117,7 @@ class ControlReference:
         scale = None if self.latent_scale is None else self.latent_scale[pick]
         return ControlDraw(self.latent[pick], self.log_library[pick], self.batch[pick], scale)
 
-    def _sample_trajectories(self, context: int, n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    def _sample_trajectories(self, context: int, n: int, generator: torch.Generator) -> ControlDraw:
         if self.time is None:
             raise ValueError("This control reference has no times; trajectories need a model set up with time_key.")
         picks = []

@@ -85,7 +85,10 @@ def fit_latent_arithmetic(
     -----
     The library shifts are estimated whatever ``source_shift`` says, since the flow never moves
     library sizes: a measured condition's own mean change of the log library size, an unmeasured
-    combination the sum of its tokens' (over time, per time point).
+    combination the sum of its tokens' (over time: the sum of its tokens' at each time point, as
+    the latent shifts over time). With VAE batches, each cell's log library size is taken relative
+    to the control cells of its batch first: a generated cell keeps its source's batch and depth,
+    so a condition sequenced mostly in a deeper batch must not read as one that raises counts.
     """
     control = design.is_control
     module.set_reference(
@@ -99,33 +102,37 @@ def fit_latent_arithmetic(
             latent_scale=latent_scale[control],
         )
     )
-    n_contexts = len(design.contexts)
-    log_library = np.asarray(log_library, dtype=np.float64)[:, None]
-    if module.over_time:
-        module.library_shifts = time_resolved_shifts(
-            log_library, conditions, design.context, design.time_code, n_contexts, len(design.time_points), tokens
-        )
-    else:
-        module.library_shifts = TokenShifts.from_cells(
-            log_library, conditions, design.context, n_contexts, tokens, mode="measured"
-        )
+    n_contexts, n_times = len(design.contexts), len(design.time_points)
+
+    def shifts(values: np.ndarray, mode: str) -> TokenShifts:
+        if module.over_time:  # per time point, additive (row context * T + k)
+            codes = (design.context, design.time_code)
+            return time_resolved_shifts(values, conditions, *codes, n_contexts, n_times, tokens)
+        return TokenShifts.from_cells(values, conditions, design.context, n_contexts, tokens, mode=mode)
+
+    module.library_shifts = shifts(_within_batch(log_library, batch, control)[:, None], "measured")
     module.shifts = None
     if source_shift == "none":
         return
-    if module.over_time:
-        if source_shift != "additive":
-            raise ValueError(
-                f"source_shift={source_shift!r} is not supported with a backbone over time; "
-                "use 'additive' (shifts measured per time point) or 'none'."
-            )
-        n_times = len(design.time_points)
-        module.shifts = time_resolved_shifts(
-            latent, conditions, design.context, design.time_code, n_contexts, n_times, tokens
+    if module.over_time and source_shift != "additive":
+        raise ValueError(
+            f"source_shift={source_shift!r} is not supported with a backbone over time; "
+            "use 'additive' (shifts measured per time point) or 'none'."
         )
-    else:
-        module.shifts = TokenShifts.from_cells(
-            latent, conditions, design.context, n_contexts, tokens, mode=source_shift
-        )
+    module.shifts = shifts(latent, source_shift)
+
+
+def _within_batch(log_library: np.ndarray, batch: np.ndarray | None, control: np.ndarray) -> np.ndarray:
+    """Log library sizes relative to the mean of their batch's control cells (all its cells where it has none)."""
+    log_library = np.asarray(log_library, dtype=np.float64)
+    if batch is None:
+        return log_library
+    relative = log_library.copy()
+    for code in np.unique(batch):
+        rows = batch == code
+        reference = rows & control if (rows & control).any() else rows
+        relative[rows] -= log_library[reference].mean()
+    return relative
 
 
 def training_plan(

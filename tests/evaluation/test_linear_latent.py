@@ -74,13 +74,15 @@ def test_linear_bad_arguments():
 class _ExpVAE:
     """Stand-in VAE: latent = log1p(counts), decode = exp(latent), so arithmetic is checkable by hand.
 
-    Every posterior sd is 0.5; the last decoding's log library sizes and latent scales are kept.
+    Cell ``i``'s posterior sds are ``0.01 * (i + 1)``; the last decoding's log library sizes and
+    latent scales are kept.
     """
 
     def encode_posterior(self, matrix, batch=None):
         matrix = np.asarray(matrix, dtype=np.float64)
         latent = np.log1p(matrix)
-        return latent, np.full_like(latent, 0.5), np.log(np.maximum(matrix.sum(axis=1), 1.0))
+        scale = np.repeat(0.01 * np.arange(1, len(matrix) + 1)[:, None], matrix.shape[1], axis=1)
+        return latent, scale, np.log(np.maximum(matrix.sum(axis=1), 1.0))
 
     def decode(self, z, log_library, batch=None, *, sample=True, generator=None, latent_scale=None):
         self.last = {"log_library": log_library.numpy().ravel(), "latent_scale": latent_scale.numpy()}
@@ -114,7 +116,8 @@ def test_latent_arithmetic_by_hand():
         for t in ("A", "B")
     )
     np.testing.assert_allclose(baseline.model.vae.last["log_library"], log_library[pick, 0] + library_shift, rtol=1e-6)
-    np.testing.assert_array_equal(baseline.model.vae.last["latent_scale"], np.full((40, adata.n_vars), 0.5))
+    expected_scale = np.repeat(0.01 * (pick + 1)[:, None], adata.n_vars, axis=1)  # each source cell's own
+    np.testing.assert_allclose(baseline.model.vae.last["latent_scale"], expected_scale, rtol=1e-6)
     # B was never measured in y: its shift comes from x (covariate transfer)
     pred_y = baseline.predict("B", covariates={"cell_type": "y"}, n_cells=10, seed=0)
     pick = np.random.default_rng(0).choice(np.flatnonzero((lab == "control") & (ctx == "y")), 10)

@@ -19,6 +19,8 @@ def test_encode_posterior_gives_each_cells_posterior_mean_and_sd(screen, trained
     np.testing.assert_allclose(loc, expected_loc, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(scale, expected_scale, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(log_library, np.log(np.maximum(counts.sum(axis=1), 1.0)), rtol=1e-6)
+    empty = trained.vae.encode_posterior(counts[:0])
+    assert [a.shape for a in empty] == [(0, trained.vae.config.n_latent)] * 2 + [(0,)]
 
 
 def test_decoding_with_a_latent_scale_decodes_a_draw_around_the_latent(screen, trained):
