@@ -10,7 +10,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..flow import ConditionBatch
 from ..metrics import log_normalize
+from ..pp._conditions import parse_condition
 from ..tl import generate
 from ._baselines import Baseline
 from ._scoring import ConditionScorer
@@ -64,8 +66,8 @@ def score_held_out(
     vae_ceiling
         With a model, also score ``vae_ceiling``: the real held-out cells passed through the
         model's VAE and decoded as generation decodes (a draw around each cell's posterior mean
-        with its posterior sd, the cell's own library size, counts sampled: scvi-tools'
-        posterior predictive), what a flow that generated the held-out cells' latents and
+        with its posterior sd, the cell's own library size, the condition's gene offsets, counts
+        sampled: scvi-tools' posterior predictive), what a flow that generated the held-out cells' latents and
         library sizes exactly would reach, so this row tells errors of the flow from those of
         the VAE.
     n_cells
@@ -171,7 +173,8 @@ def _score_draw(
         pred = generate(model, conditions=[condition], n_cells=n_predicted, covariates=context, seed=seed)
         predictions["cellflow"] = (log_normalize(pred.X), time.perf_counter() - start)
         if ceiling_counts is not None and model.config.batch_key is None:  # batches of real cells are not tracked
-            predictions["vae_ceiling"] = (_reconstruct(model, ceiling_counts, seed), None)
+            offset = _gene_offset(model, condition, context)
+            predictions["vae_ceiling"] = (_reconstruct(model, ceiling_counts, seed, offset), None)
     for baseline in baselines:
         predictions[baseline.name] = (
             baseline.predict(condition, covariates=context, n_cells=n_predicted, seed=seed),
@@ -254,17 +257,32 @@ def score_reconstruction(
     return pd.DataFrame(rows)
 
 
-def _reconstruct(model: CellFlow, counts, seed: int) -> np.ndarray:
+def _reconstruct(model: CellFlow, counts, seed: int, gene_offset: torch.Tensor | None = None) -> np.ndarray:
     """Real cells through the model's VAE as generation decodes its cells, log-normalised.
 
     Each cell's posterior mean and sd and its own library size go to the decoder
     (:meth:`~cellflow.vae.LatentVAE.decode` with ``latent_scale``), which draws the latent
-    around the mean and samples counts: scvi-tools' posterior predictive.
+    around the mean and samples counts: scvi-tools' posterior predictive; ``gene_offset`` (a
+    condition's, or ``None``) corrects the expected counts first, as generation does.
     """
     latent, scale, log_library = (torch.as_tensor(a, dtype=torch.float32) for a in model.vae.encode_posterior(counts))
     generator = torch.Generator().manual_seed(seed)
-    decoded = model.vae.decode(latent, log_library.view(-1, 1), generator=generator, latent_scale=scale)
+    decoded = model.vae.decode(
+        latent, log_library.view(-1, 1), generator=generator, latent_scale=scale, gene_offset=gene_offset
+    )
     return log_normalize(decoded.cpu().numpy())
+
+
+def _gene_offset(model: CellFlow, condition: str, context: dict) -> torch.Tensor | None:
+    """The model's gene offsets ``(1, G)`` for a condition in a context (``None``: none, or a backbone over time)."""
+    module, setup, codec = model.module, model.setup, model.codec
+    if module.gene_offsets is None or module.over_time:
+        return None
+    ids, doses, mask = codec.encode_conditions([parse_condition(condition, control=setup.control, sep=setup.combo_sep)])
+    values = {k: str(context[k]) for k in codec.covariate_keys}
+    code = module.reference.contexts.index(tuple(values.values()))
+    covariates = codec.encode_covariates([values])
+    return module.gene_offset(ConditionBatch(ids, doses, mask, covariates, torch.zeros(1), torch.tensor([code])))
 
 
 def summary_table(results: pd.DataFrame, metrics: Sequence[str], by: Sequence[str] = ("method",)) -> pd.DataFrame:

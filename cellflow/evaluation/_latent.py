@@ -10,6 +10,7 @@ from ..flow import TokenShifts
 from ..metrics import log_normalize
 from ..pp._conditions import parse_condition
 from ..pp._setup import setup_conditions
+from ..train import gene_offsets_from_cells
 from ._baselines import Baseline
 
 
@@ -20,8 +21,10 @@ class LatentArithmeticBaseline(Baseline):
     arithmetic the flow itself runs relative to, estimated on the latents (the VAE's posterior
     means) of the cells this baseline is fitted on. A condition ``A+B`` is predicted as control
     latents of the context + ``shift_A + shift_B``, decoded as cellflow decodes its own cells
-    (with the control cells' log library sizes plus the tokens' summed library shifts, counts
-    drawn around a posterior draw of each latent; as scGen, Lotfollahi et al. 2019, with the VAE
+    (with the control cells' log library sizes plus the tokens' summed library shifts and, for a
+    model with gene offsets, the control cells' offsets plus the tokens' summed changes of them
+    (:class:`~cellflow.flow.GeneOffsets`, estimated on the same cells), counts drawn around a
+    posterior draw of each latent; as scGen, Lotfollahi et al. 2019, with the VAE
     of the model instead of a separately trained one). For an unseen combination it is the model
     with a zero velocity field; a condition measured in training is shifted by the sum of its
     tokens' shifts here, where the model (``source_shift="measured"``) uses its own.
@@ -60,6 +63,19 @@ class LatentArithmeticBaseline(Baseline):
             TokenShifts.from_cells(values, conditions, context_codes, len(context_names), self.tokens, mode="additive")
             for values in (self.latent, self.log_library[:, None])
         )
+        self.gene_offsets = None
+        if self.model.module.gene_offsets is not None:  # as the model decodes, estimated on these cells
+            self.gene_offsets = gene_offsets_from_cells(
+                self.model.vae,
+                matrix,
+                (self.latent, self.latent_scale, self.log_library),
+                self.batch,
+                conditions,
+                context_codes,
+                len(context_names),
+                self.tokens,
+                mode="additive",
+            )
         self.missing_singles: dict[str, list[str]] = {}
         return self
 
@@ -86,5 +102,6 @@ class LatentArithmeticBaseline(Baseline):
             batch,
             generator=generator,
             latent_scale=torch.as_tensor(self.latent_scale[pick]),
+            gene_offset=None if self.gene_offsets is None else self.gene_offsets(*query),
         )
         return log_normalize(counts.cpu().numpy())

@@ -1,6 +1,7 @@
-"""The flow in pure torch: the flow module, its path, couplings, ODE solver, token shifts and control reference."""
+"""The flow in pure torch: the flow module, its path, couplings, ODE solver, shifts, gene offsets, control reference."""
 
 from ._coupling import ot_pairing_grouped, population_ot_partners, random_pairing
+from ._gene_offsets import GeneOffsets
 from ._module import ConditionBatch, FlowModule, SamplingInfo
 from ._path import LinearPath, PathSample, sample_flow_time
 from ._reference import ControlReference
@@ -12,6 +13,7 @@ __all__ = [
     "ConditionBatch",
     "ControlReference",
     "FlowModule",
+    "GeneOffsets",
     "LinearPath",
     "ODESolver",
     "PathSample",

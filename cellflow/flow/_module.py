@@ -6,7 +6,9 @@ modelled as control cells of their context moved by the condition's token shift
 the velocity field adds: training subtracts the shift from the targets, sampling adds it back
 after the ODE. A perturbation also changes how many counts a cell has (its library size, an
 input of the decoder the latent does not hold); generated cells take their source's library
-size moved by the condition's mean change of the log library size, estimated the same way.
+size moved by the condition's mean change of the log library size, estimated the same way, and
+what the condition does to single genes that the latent does not carry is a per-gene correction
+of the decoder's expected counts (:class:`~cellflow.flow.GeneOffsets`).
 Everything that touches the velocity (classifier-free guidance, the flow-matching loss, the ODE
 solve, the shift) lives here, so training, reflow, generation and the benchmarks all call the
 same code.
@@ -29,6 +31,7 @@ from torch import nn
 from .._constants import SOURCES
 from ..backbones import Backbone
 from ..nn import ConditionEncoder, EncodedCondition
+from ._gene_offsets import GeneOffsets
 from ._path import LinearPath
 from ._reference import ControlReference
 from ._solver import ODESolver
@@ -127,6 +130,9 @@ class FlowModule(nn.Module):
     library_shifts
         Token shifts of the log library size (``D = 1``): what a condition adds to its source
         cells' log library sizes at generation (``None`` until the flow is trained).
+    gene_offsets
+        Corrections of the decoder's expected counts per gene and condition
+        (:class:`GeneOffsets`; ``None``: decoded as the VAE decodes).
     reference
         Control cells of the training data, by context: the sources of generated cells.
     sampling
@@ -144,6 +150,7 @@ class FlowModule(nn.Module):
         self.path = LinearPath()
         self.shifts: TokenShifts | None = None
         self.library_shifts: TokenShifts | None = None
+        self.gene_offsets: GeneOffsets | None = None
         self.reference: ControlReference | None = None
         self.sampling = SamplingInfo()
         self.register_buffer("times", torch.zeros(0), persistent=False)
@@ -159,6 +166,7 @@ class FlowModule(nn.Module):
             "weights": {k: v.detach().clone() for k, v in self.state_dict().items()},
             "shifts": self.shifts,
             "library_shifts": self.library_shifts,
+            "gene_offsets": self.gene_offsets,
             "reference": self.reference,
             "sampling": SamplingInfo(**vars(self.sampling)),
         }
@@ -168,7 +176,7 @@ class FlowModule(nn.Module):
         with torch.no_grad():
             self.load_state_dict(snapshot["weights"])
         self.shifts, self.sampling = snapshot["shifts"], snapshot["sampling"]
-        self.library_shifts = snapshot["library_shifts"]
+        self.library_shifts, self.gene_offsets = snapshot["library_shifts"], snapshot["gene_offsets"]
         self.reference = None
         self.times = torch.zeros(0, device=self.times.device)
         if snapshot["reference"] is not None:
@@ -234,7 +242,14 @@ class FlowModule(nn.Module):
         shift = self._shift_rows(self.library_shifts, conditions)
         return None if shift is None else shift.squeeze(-1)
 
-    def _shift_rows(self, shifts: TokenShifts | None, conditions: ConditionBatch) -> torch.Tensor | None:
+    def gene_offset(self, conditions: ConditionBatch) -> torch.Tensor | None:
+        """Log-scale correction of every gene's expected counts for each row: ``(B, G)``, over time ``(B, T, G)``.
+
+        ``None`` without gene offsets; pass it to :meth:`~cellflow.vae.LatentVAE.decode`.
+        """
+        return self._shift_rows(self.gene_offsets, conditions)
+
+    def _shift_rows(self, shifts: TokenShifts | GeneOffsets | None, conditions: ConditionBatch) -> torch.Tensor | None:
         if shifts is None:
             return None
         c = conditions

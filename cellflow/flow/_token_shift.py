@@ -258,9 +258,11 @@ def time_resolved_shifts(
 
     A perturbation's effect grows after it is applied, so one shift pooled over time would
     start early time points too far and late ones too near. Row ``c * T + k`` of the table is
-    the shift in context ``c`` at time point ``k``: the mean latent of the token alone there
-    minus the mean latent of the control cells there. A token unmeasured alone in context
-    ``c`` takes its mean shift over the other contexts at the same time point.
+    the shift in context ``c`` at time point ``k``, estimated by :meth:`TokenShifts.from_cells`
+    on the cells of time point ``k`` alone: the mean latent of the token alone there minus the
+    mean latent of the control cells there; a token unmeasured alone in context ``c`` takes its
+    mean shift over the other contexts at the same time point, and a token never measured alone
+    at that time point its shift from the combinations measured then.
 
     Returns
     -------
@@ -268,16 +270,15 @@ def time_resolved_shifts(
         ``table`` of shape ``(n_contexts * n_times, n_tokens, D)``; index it with
         ``context * n_times + time point``.
     """
+    latent = np.asarray(latent)
     context, time_code = np.asarray(context, dtype=np.int64), np.asarray(time_code, dtype=np.int64)
-    pooled = TokenShifts.from_cells(latent, conditions, context * n_times + time_code, n_contexts * n_times, tokens)
-    # from_cells transfers an unmeasured (context, time) entry from every measured one; redo it within time points.
-    n_tokens, dim = len(tokens), np.shape(latent)[1]
-    measured = pooled.measured.numpy().reshape(n_contexts, n_times, n_tokens)
-    table = pooled.table.numpy().reshape(n_contexts, n_times, n_tokens, dim)
-    own = np.where(measured[..., None], table, 0.0)
-    elsewhere = own.sum(axis=0) / np.maximum(measured.sum(axis=0), 1)[..., None]  # (T, n_tokens, D)
-    table = np.where(measured[..., None], table, elsewhere[None])
+    table = np.zeros((n_contexts, n_times, len(tokens), latent.shape[1]), dtype=np.float32)
+    measured = np.zeros((n_contexts, n_times, len(tokens)), dtype=bool)
+    for k in range(n_times):
+        cells = np.flatnonzero(time_code == k)
+        at_k = TokenShifts.from_cells(latent[cells], [conditions[i] for i in cells], context[cells], n_contexts, tokens)
+        table[:, k], measured[:, k] = at_k.table.numpy(), at_k.measured.numpy()
     return TokenShifts(
-        torch.as_tensor(table.reshape(n_contexts * n_times, n_tokens, dim), dtype=torch.float32),
-        torch.as_tensor(measured.reshape(n_contexts * n_times, n_tokens)),
+        torch.as_tensor(table.reshape(n_contexts * n_times, len(tokens), -1)),
+        torch.as_tensor(measured.reshape(n_contexts * n_times, len(tokens))),
     )

@@ -84,6 +84,15 @@ class CellFlow(TrainingMixin):
         the interactions of the combinations seen in training (the default for backbones
         over time, where shifts are measured per time point). ``"none"``: the flow carries
         control cells the whole way (the default with ``source="noise"``).
+    gene_offsets
+        Correct each condition's decoded expression per gene (default: ``True`` with a count
+        likelihood). The decoder maps the low-dimensional latent to every gene's expected counts
+        and misses part of a condition's effect on single genes; with offsets, generated cells'
+        expected counts are multiplied, gene by gene, by what the training cells of the condition
+        had against the decoder's means of the same cells (shrunk towards no correction by a
+        prior whose strength is chosen on halves of the training cells). An unseen combination
+        takes the control cells' correction plus the sum of its tokens' changes of it
+        (:class:`~cellflow.flow.GeneOffsets`).
     token_embedding
         How perturbation tokens are embedded: ``"learned"`` (a vector per token seen in
         training), ``"expression"`` (the perturbed gene's co-expression profile in control
@@ -140,6 +149,7 @@ class CellFlow(TrainingMixin):
         batch_key: str | None = None,
         source: str = "control",
         source_shift: str | None = None,
+        gene_offsets: bool | None = None,
         token_embedding: str | pd.DataFrame = "learned",
         cond_dim: int = 128,
         pooling: str = "sum",
@@ -171,6 +181,7 @@ class CellFlow(TrainingMixin):
             batch_key=batch_key,
             source=source,
             source_shift=source_shift or default_shift,
+            gene_offsets=likelihood != "normal" if gene_offsets is None else gene_offsets,
             token_embedding="table" if table is not None else token_embedding,
             cond_dim=cond_dim,
             pooling=pooling,

@@ -28,6 +28,9 @@ class CellFlowConfig:
     source
         ``"control"``: the flow carries control cells of the same context to perturbed
         cells; ``"noise"``: it starts from Gaussian noise.
+    gene_offsets
+        Correct the decoder's expected counts per gene and condition
+        (:class:`~cellflow.flow.GeneOffsets`; count likelihoods only).
     token_embedding
         ``"learned"``, ``"expression"`` (co-expression profile of the perturbed gene in
         control cells) or ``"table"`` (a user table).
@@ -55,6 +58,7 @@ class CellFlowConfig:
     batch_key: str | None
     source: str
     source_shift: str
+    gene_offsets: bool
     token_embedding: str
     cond_dim: int
     pooling: str
@@ -72,6 +76,11 @@ class CellFlowConfig:
         if self.source_shift != "none" and self.source != "control":
             raise ValueError(
                 f"source_shift={self.source_shift!r} moves control cells; with source='noise' use source_shift='none'."
+            )
+        if self.gene_offsets and self.likelihood == "normal":
+            raise ValueError(
+                "gene_offsets=True corrects expected counts; likelihood='normal' models log-normalised data. "
+                "Use gene_offsets=False, or a count likelihood on counts."
             )
         if self.token_embedding not in TOKEN_EMBEDDINGS:
             raise ValueError(

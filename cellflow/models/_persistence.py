@@ -2,7 +2,7 @@
 
 Everything generation needs is in the checkpoint: the architecture, the registration, the
 vocabularies, the VAE, the flow module (condition encoder, backbone, token shifts, library
-shifts, control reference with the control cells' posterior sds) and how the flow was trained
+shifts, gene offsets, control reference with the control cells' posterior sds) and how the flow was trained
 (reflowed, distilled, with a null condition). The training log (``history``) is saved for the
 record only.
 
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..flow import ControlReference, SamplingInfo, TokenShifts
+from ..flow import ControlReference, GeneOffsets, SamplingInfo, TokenShifts
 from ..pp._codec import ConditionCodec
 from ..pp._setup import SetupConfig
 from ..train import FlowTrainingConfig
@@ -40,10 +40,10 @@ from ..vae import LatentVAE, VAEConfig
 from ._build import build_flow_module, embedding_hint
 from ._config import CellFlowConfig
 
-FORMAT_VERSION = 4  # 4: library shifts and the control cells' posterior sds
+FORMAT_VERSION = 5  # 4: library shifts and the control cells' posterior sds; 5: gene offsets
 CONFIG_FILE = "config.json"
 _WEIGHTS_NAME = re.compile(r"weights-[0-9a-f]{16}\.safetensors")
-_PARTS = ("vae", "encoder", "backbone", "reference", "shift", "library_shift")
+_PARTS = ("vae", "encoder", "backbone", "reference", "shift", "library_shift", "gene_offset")
 # config.json: key -> type of its value (None allowed where the tuple holds type(None)).
 _SCHEMA = {
     "format": str,
@@ -148,6 +148,9 @@ def load_model(cls, path: Path):
     if not parts["library_shift"] or reference.latent_scale is None:
         raise CheckpointError(f"{path}: the library shifts or the control cells' posterior sds are missing.")
     module.library_shifts = TokenShifts.from_tensors(parts["library_shift"])
+    if config.gene_offsets and not parts["gene_offset"]:
+        raise CheckpointError(f"{path}: the gene offsets its configuration uses are missing from the weights.")
+    module.gene_offsets = GeneOffsets.from_tensors(parts["gene_offset"]) if config.gene_offsets else None
     module.sampling = sampling
     model = cls.__new__(cls)
     model._set_parts(config, setup, codec, module, genes=meta["genes"])
@@ -169,6 +172,8 @@ def _tensors(model) -> dict:
     if module.shifts is not None:
         tensors |= {f"shift.{k}": v for k, v in module.shifts.tensors().items()}
     tensors |= {f"library_shift.{k}": v for k, v in module.library_shifts.tensors().items()}
+    if module.gene_offsets is not None:
+        tensors |= {f"gene_offset.{k}": v for k, v in module.gene_offsets.tensors().items()}
     return tensors
 
 

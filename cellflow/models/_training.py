@@ -23,6 +23,7 @@ from ..train import (
     ReflowConfig,
     VAETrainingConfig,
     check_validation_split,
+    fit_gene_offsets,
     fit_latent_arithmetic,
     flow_loss,
     reflow,
@@ -30,7 +31,7 @@ from ..train import (
     train_flow,
     validation_split,
 )
-from ._cells import EncodedCells, fit_vae, processes
+from ._cells import EncodedCells, expression, fit_vae, processes
 from ._presets import get_preset
 from ._stages import train_in_stages
 
@@ -207,6 +208,20 @@ class TrainingMixin:
             source_shift=cfg.source_shift,
             latent_scale=cells.latent_scale,
         )
+        self.module.gene_offsets = None
+        if cfg.gene_offsets:
+            strength = fit_gene_offsets(
+                self.module,
+                self.vae,
+                expression(self.adata, setup),
+                design,
+                (cells.latent, cells.latent_scale, cells.log_library),
+                cells.batch,
+                self._conditions,
+                self.codec.tokens,
+                seed=cfg.seed,
+            )
+            self.history["gene_offset_prior_strength"] = strength
         validation_groups = None
         if config.validation_fraction > 0:
             validation_groups = validation_split(design, config.validation_fraction, cfg.seed)
@@ -378,7 +393,14 @@ class TrainingMixin:
         if vae is not self.vae and self.module.reference is not None:
             snapshot = self.module.snapshot()
             self.module.restore(
-                {**snapshot, "shifts": None, "library_shifts": None, "reference": None, "sampling": SamplingInfo()}
+                {
+                    **snapshot,
+                    "shifts": None,
+                    "library_shifts": None,
+                    "gene_offsets": None,
+                    "reference": None,
+                    "sampling": SamplingInfo(),
+                }
             )
             self.flow_config = None
         self.vae, self.batch_categories, self._cells = vae, list(batch_categories), cells

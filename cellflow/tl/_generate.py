@@ -72,7 +72,8 @@ def generate(
     sizes are those of the context's control cells drawn as sources, moved by the condition's
     mean change of the log library size in training (the sum of its tokens' for an unmeasured
     combination); counts are decoded from a draw around each latent with its source cell's
-    posterior standard deviation (scvi-tools' posterior predictive). ``obsm["X_cellflow"]``
+    posterior standard deviation (scvi-tools' posterior predictive), with the condition's
+    gene offsets (:class:`~cellflow.flow.GeneOffsets`) on the expected counts. ``obsm["X_cellflow"]``
     holds the latents themselves, comparable with :func:`~cellflow.tl.encode`'s posterior means.
 
     Parameters
@@ -306,6 +307,7 @@ def _cell_blocks(
         label = cond.label(setup.control, setup.combo_sep)
         time_point = torch.tensor([0.0 if t is None else time_points[t]], dtype=torch.float32)
         condition = ConditionBatch(ids, dose, mask, covariate_codes, time_point, context)
+        offset = module.gene_offset(condition)  # (1, G), over time (1, T, G); None without
         drawn = []
         for j, start in enumerate(range(0, n_cells, block)):
             generator = torch.Generator().manual_seed(block_seed(seed, index * per_series + j))
@@ -325,6 +327,7 @@ def _cell_blocks(
                 generator=generator,
                 sparse=True,
                 latent_scale=scale,
+                gene_offset=offset,
             )
             yield x, z1.numpy().astype(np.float32, copy=False), calls
         for t_out in time_points if over_time else []:
@@ -335,6 +338,7 @@ def _cell_blocks(
                     log_library[:, k, None],
                     batch[:, k, None],
                     latent_scale=None if scale is None else scale[:, k],
+                    gene_offset=None if offset is None else offset[:, k],
                     sample=sample_counts,
                     generator=generator,
                     sparse=True,

@@ -42,7 +42,8 @@ def predict(
     the cell's own context (its covariate values) from where it is, moved by the condition's
     token shift, and decoded with the cell's own library size moved by the condition's library
     shift (and its VAE batch); counts are drawn around the carried latent with the cell's own
-    posterior standard deviation, as :func:`~cellflow.tl.generate` does. The cells are
+    posterior standard deviation and the condition's gene offsets, as :func:`~cellflow.tl.generate`
+    does. The cells are
     taken to be unperturbed cells of their context, as the control cells the flow was trained
     from: pass control cells (or cells of a new donor, sample or cell line in a known context).
 
@@ -142,6 +143,7 @@ def predict(
             generator=generator,
             sparse=True,
             latent_scale=torch.as_tensor(latent_scale[rows]),
+            gene_offset=module.gene_offset(condition),
         )
         blocks.append((rows, counts))
     return _output(model, adata, blocks, predicted, latent, label, method, steps, guidance, seed, sample_counts)

@@ -4,6 +4,7 @@ from ._config import COUPLINGS, PRECISIONS, FlowTrainingConfig, ReflowConfig, VA
 from ._design import TrainingDesign, build_training_design
 from ._fit import fit_flow_plan
 from ._flow import fit_latent_arithmetic, flow_loss, flow_pairs, reflow, resolve_coupling, train_flow, training_plan
+from ._gene_offsets import PRIOR_STRENGTHS, choose_prior_strength, fit_gene_offsets, gene_offsets_from_cells
 from ._groups import GroupIndex
 from ._plan import FlowTrainingPlan, GroupBatches
 from ._validation import check_validation_split, split_validation_conditions, validation_split
@@ -11,6 +12,7 @@ from ._validation import check_validation_split, split_validation_conditions, va
 __all__ = [
     "COUPLINGS",
     "PRECISIONS",
+    "PRIOR_STRENGTHS",
     "FlowTrainingConfig",
     "FlowTrainingPlan",
     "GroupBatches",
@@ -20,10 +22,13 @@ __all__ = [
     "VAETrainingConfig",
     "build_training_design",
     "check_validation_split",
+    "choose_prior_strength",
     "fit_flow_plan",
+    "fit_gene_offsets",
     "fit_latent_arithmetic",
     "flow_loss",
     "flow_pairs",
+    "gene_offsets_from_cells",
     "reflow",
     "resolve_coupling",
     "split_validation_conditions",

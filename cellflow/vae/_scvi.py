@@ -212,6 +212,59 @@ class LatentVAE:
         return np.concatenate(latents, axis=0), np.concatenate(scales, axis=0), np.concatenate(libraries)
 
     @torch.no_grad()
+    def count_sums(
+        self,
+        matrix,
+        group: np.ndarray,
+        n_groups: int,
+        posterior: tuple[np.ndarray, np.ndarray, np.ndarray],
+        batch: np.ndarray | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        batch_size: int = 4096,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Observed and expected counts of every gene summed over the cells of each group (``(n_groups, G)`` each).
+
+        The expected counts are the decoder's means at one draw around each cell's posterior
+        mean, with the cell's own library size (as generation decodes its cells, before counts
+        are drawn). ``matrix`` is read ``batch_size`` rows at a time (it may stay on disk), so
+        memory holds one chunk and the sums.
+
+        Parameters
+        ----------
+        matrix
+            Counts, cells x genes, in the order of the cells of ``posterior``.
+        group
+            ``(N,)`` group code of every cell, in ``[0, n_groups)``.
+        n_groups
+            Number of groups.
+        posterior
+            ``(N, n_latent)`` posterior means and sds and ``(N,)`` log library sizes of the cells
+            (:meth:`encode_posterior`).
+        batch
+            ``(N,)`` VAE batch codes, or ``None``.
+        generator
+            Random generator of the draws around the posterior means.
+        """
+        if self.config.gene_likelihood == "normal":
+            raise ValueError("count_sums needs a count likelihood; this VAE models log-normalised data.")
+        latent, scale, log_library = posterior
+        device = next(self.module.parameters()).device
+        observed = torch.zeros(n_groups, self.config.n_input, dtype=torch.float64)
+        expected = torch.zeros(n_groups, self.config.n_input, dtype=torch.float64)
+        for start, (x, b) in zip(range(0, matrix.shape[0], batch_size), self._batches(matrix, batch, batch_size)):
+            rows = slice(start, start + len(x))
+            z = torch.as_tensor(latent[rows], dtype=torch.float32)
+            z = z + torch.as_tensor(scale[rows], dtype=torch.float32) * torch.randn(z.shape, generator=generator)
+            library = torch.as_tensor(log_library[rows], dtype=torch.float32).view(-1, 1)
+            px = self.module.generative(z.to(device), library.to(device), b)["px"]
+            mean = px.rate if self.config.gene_likelihood == "poisson" else px.mu
+            codes = torch.as_tensor(np.asarray(group[rows]), dtype=torch.long)
+            observed.index_add_(0, codes, x.double().cpu())
+            expected.index_add_(0, codes, mean.double().cpu())
+        return observed.numpy(), expected.numpy()
+
+    @torch.no_grad()
     def decode(
         self,
         z: torch.Tensor,
@@ -222,6 +275,7 @@ class LatentVAE:
         generator: torch.Generator | None = None,
         sparse: bool = False,
         latent_scale: torch.Tensor | None = None,
+        gene_offset: torch.Tensor | None = None,
     ) -> torch.Tensor | sp.csr_matrix:
         """Latent + log library size -> the likelihood's parameters -> counts (or the mean).
 
@@ -249,6 +303,11 @@ class LatentVAE:
             posterior: ``z`` that are posterior *means* (what the flow carries) decoded as they are
             give cells too alike, whose log-normalised means are off (the decoder is not linear).
             Ignored without ``sample`` (the mean at ``z``).
+        gene_offset
+            ``(N, n_genes)`` or ``(1, n_genes)`` corrections of the expected counts on the log
+            scale, or ``None``: each cell's expected counts are multiplied by ``exp(gene_offset)``
+            and rescaled to keep their total (the library size), before counts are drawn (a
+            condition's gene offsets, :class:`~cellflow.flow.GeneOffsets`). Count likelihoods only.
         """
         device = next(self.module.parameters()).device
         if sample and latent_scale is not None:
@@ -258,9 +317,18 @@ class LatentVAE:
         if batch is None:
             batch = torch.zeros(z.shape[0], 1, dtype=torch.long, device=device)
         px = self.module.generative(z, log_library, batch.to(device))["px"]
-        if sample and self.config.gene_likelihood != "normal":
-            return _sample_counts(px, self.config.gene_likelihood, generator, sparse=sparse)
-        x = px.mean if not sample else px.loc + px.scale * torch.randn(px.loc.shape, generator=generator, device=device)
+        likelihood = self.config.gene_likelihood
+        factor = None
+        if gene_offset is not None:
+            if likelihood == "normal":
+                raise ValueError("gene_offset corrects expected counts; this VAE models log-normalised data.")
+            factor = _offset_factor(px.rate if likelihood == "poisson" else px.mu, gene_offset.to(device))
+        if sample and likelihood != "normal":
+            return _sample_counts(px, likelihood, generator, sparse=sparse, factor=factor)
+        if not sample:
+            x = px.mean if factor is None else px.mean * factor
+        else:
+            x = px.loc + px.scale * torch.randn(px.loc.shape, generator=generator, device=device)
         return sp.csr_matrix(x.cpu().numpy().astype(np.float32, copy=False)) if sparse else x
 
     def _posteriors(self, matrix, batch, batch_size) -> Iterator[tuple[torch.distributions.Normal, np.ndarray]]:
@@ -326,9 +394,20 @@ def _private_anndata(matrix, batch: np.ndarray | None):
 SAMPLING_CHUNK_ROWS = 1024  # fixed, so the counts do not depend on the number of threads
 
 
-def _sample_counts(px, likelihood: str, generator: torch.Generator | None, *, sparse: bool):
-    """Draw counts from scvi-tools' count likelihood objects (their own ``mu``, ``theta``, ``zi_logits``, ``rate``)."""
+def _offset_factor(mean: torch.Tensor, gene_offset: torch.Tensor) -> torch.Tensor:
+    """Per-cell, per-gene factors ``exp(offset)``, rescaled so that each cell's expected total stays the same."""
+    moved = mean * torch.exp(gene_offset)
+    return torch.exp(gene_offset) * (mean.sum(dim=-1, keepdim=True) / moved.sum(dim=-1, keepdim=True))
+
+
+def _sample_counts(px, likelihood: str, generator: torch.Generator | None, *, sparse: bool, factor=None):
+    """Draw counts from scvi-tools' count likelihood objects (their own ``mu``, ``theta``, ``zi_logits``, ``rate``).
+
+    ``factor`` (broadcastable to the means, or ``None``) multiplies the means first.
+    """
     mean = px.rate if likelihood == "poisson" else px.mu
+    if factor is not None:
+        mean = mean * factor
     params = {"mu": mean.detach().cpu().numpy()}
     if likelihood != "poisson":
         params["theta"] = px.theta.expand_as(mean).detach().cpu().numpy()

@@ -1,0 +1,163 @@
+"""Estimating gene offsets from the training cells (:class:`~cellflow.flow.GeneOffsets`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..flow import FlowModule, GeneOffsets, TokenShifts, time_resolved_shifts
+from ..pp._conditions import Condition
+from ..vae import LatentVAE
+from ._design import TrainingDesign
+
+PRIOR_STRENGTHS = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
+"""Prior strengths (counts summed over a group) :func:`choose_prior_strength` chooses from."""
+
+
+def fit_gene_offsets(
+    module: FlowModule,
+    vae: LatentVAE,
+    matrix,
+    design: TrainingDesign,
+    posterior: tuple[np.ndarray, np.ndarray, np.ndarray],
+    batch: np.ndarray | None,
+    conditions: Sequence[Condition],
+    tokens: Sequence[str],
+    *,
+    seed: int,
+) -> float:
+    """Give ``module`` its gene offsets (:func:`gene_offsets_from_cells`); returns the prior strength chosen.
+
+    A measured condition gets its own offset (``mode="measured"``); over time (a backbone over
+    time) the offsets are estimated at each time point and add up as the latent shifts do.
+    """
+    time_code = design.time_code if module.over_time else None
+    module.gene_offsets = gene_offsets_from_cells(
+        vae,
+        matrix,
+        posterior,
+        batch,
+        conditions,
+        design.context,
+        len(design.contexts),
+        tokens,
+        time_code=time_code,
+        n_times=len(design.time_points) if module.over_time else 1,
+        mode="additive" if module.over_time else "measured",
+        seed=seed,
+    )
+    return module.gene_offsets.prior_strength
+
+
+def gene_offsets_from_cells(
+    vae: LatentVAE,
+    matrix,
+    posterior: tuple[np.ndarray, np.ndarray, np.ndarray],
+    batch: np.ndarray | None,
+    conditions: Sequence[Condition],
+    context: np.ndarray,
+    n_contexts: int,
+    tokens: Sequence[str],
+    *,
+    time_code: np.ndarray | None = None,
+    n_times: int = 1,
+    mode: str = "measured",
+    seed: int = 0,
+) -> GeneOffsets:
+    """Estimate :class:`~cellflow.flow.GeneOffsets` from cells with their counts.
+
+    One pass over the counts (:meth:`~cellflow.vae.LatentVAE.count_sums`) sums every gene's
+    observed and expected counts over the cells of each group (a condition in a context; with
+    ``time_code``, at each time point), separately for two random halves of each group. The
+    prior strength is the one of :data:`PRIOR_STRENGTHS` whose offsets from one half best
+    predict the other half's counts (:func:`choose_prior_strength`): a choice made on these
+    cells alone. The offsets are then estimated on whole groups.
+
+    Parameters
+    ----------
+    vae
+        The trained VAE (a count likelihood).
+    matrix
+        Counts of the cells (may stay on disk).
+    posterior
+        ``(N, D)`` posterior means and sds and ``(N,)`` log library sizes of the cells.
+    batch
+        ``(N,)`` VAE batch codes, or ``None``.
+    conditions
+        Condition of every cell.
+    context, n_contexts
+        ``(N,)`` context code of every cell, and the number of contexts.
+    tokens
+        The model's token vocabulary.
+    time_code, n_times
+        ``(N,)`` time point of every cell and the number of time points, for offsets per time
+        point (rows ``context * n_times + k``, as :func:`~cellflow.flow.time_resolved_shifts`;
+        additive only); ``None`` pools the time points.
+    mode
+        ``"measured"`` or ``"additive"``, as :meth:`~cellflow.flow.TokenShifts.from_cells`.
+    seed
+        Seed of the halves and of the posterior draws (a generator of its own: the global
+        random state is untouched).
+    """
+    context = np.asarray(context, dtype=np.int64)
+    time_code = np.zeros(len(context), dtype=np.int64) if time_code is None else np.asarray(time_code, np.int64)
+    keys = pd.Series([(c.tokens, c.doses) for c in conditions], dtype=object)
+    condition_code = pd.factorize(keys)[0]
+    group, uniques = pd.factorize((condition_code * n_contexts + context) * n_times + time_code)
+    generator = torch.Generator().manual_seed(seed)
+    half = (torch.rand(len(group), generator=generator) < 0.5).numpy().astype(np.int64)
+    halves = 2 * group + half
+    observed, expected = vae.count_sums(matrix, halves, 2 * len(uniques), posterior, batch, generator=generator)
+    n_genes = observed.shape[1]
+    observed, expected = observed.reshape(-1, 2, n_genes), expected.reshape(-1, 2, n_genes)
+    strength = choose_prior_strength(observed, expected)
+    offsets = np.log((observed.sum(axis=1) + strength) / (expected.sum(axis=1) + strength))
+    first = np.unique(group, return_index=True)[1]  # a cell of each group, in group order
+    group_conditions = [conditions[i] for i in first]
+    group_context, group_time = context[first], time_code[first]
+    if n_times > 1:
+        if mode != "additive":
+            raise ValueError("Gene offsets per time point are additive; pass mode='additive'.")
+        shifts = time_resolved_shifts(offsets, group_conditions, group_context, group_time, n_contexts, n_times, tokens)
+    else:
+        shifts = TokenShifts.from_cells(offsets, group_conditions, group_context, n_contexts, tokens, mode=mode)
+    rows = group_context * n_times + group_time
+    control = np.zeros((n_contexts * n_times, n_genes))
+    is_control = np.array([c.is_control for c in group_conditions])
+    control[rows[is_control]] = offsets[is_control]
+    return GeneOffsets(torch.as_tensor(control, dtype=torch.float32), shifts, strength)
+
+
+def choose_prior_strength(
+    observed: np.ndarray, expected: np.ndarray, strengths: Sequence[float] = PRIOR_STRENGTHS
+) -> float:
+    """The prior strength whose offsets from one half of each group best predict the other half's counts.
+
+    Parameters
+    ----------
+    observed, expected
+        ``(n_groups, 2, n_genes)`` observed and expected counts summed over each half of each group.
+    strengths
+        Candidates.
+
+    Returns
+    -------
+    float
+        The candidate of the highest Poisson log-likelihood of each half's observed counts with
+        means ``expected * (observed_other + a) / (expected_other + a)``, summed over both halves,
+        groups and genes (groups with an empty half left out).
+    """
+    both = (expected.sum(axis=2) > 0).all(axis=1)
+    observed, expected = observed[both], expected[both]
+    scores = []
+    for a in strengths:
+        score = 0.0
+        for held, used in ((0, 1), (1, 0)):
+            mean = expected[:, held] * (observed[:, used] + a) / (expected[:, used] + a)
+            counts = observed[:, held]
+            score += float(np.sum(np.where(counts > 0, counts * np.log(np.maximum(mean, 1e-300)), 0.0) - mean))
+        scores.append(score)
+    return float(strengths[int(np.argmax(scores))])
