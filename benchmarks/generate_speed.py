@@ -154,11 +154,21 @@ def decode_seconds(model, args) -> tuple[float, float, float]:
     log_library = torch.full((args.n_cells, 1), float(np.log(3000.0)))
     batch = torch.zeros(args.n_cells, 1, dtype=torch.long)
     scale = torch.full_like(z, 0.5)  # posterior sds: sampling draws around the latent first, as generate does
+    offset = None  # a condition's gene offsets correct the expected counts, as generate does
+    if model.module.gene_offsets is not None:
+        offset = torch.zeros(1, len(model.genes)).normal_(0.0, 0.3, generator=generator)
     with torch.no_grad():
         mean_seconds, sample_seconds = (
             best_seconds(
                 partial(
-                    model.vae.decode, z, log_library, batch, sample=sample, generator=generator, latent_scale=scale
+                    model.vae.decode,
+                    z,
+                    log_library,
+                    batch,
+                    sample=sample,
+                    generator=generator,
+                    latent_scale=scale,
+                    gene_offset=offset,
                 ),
                 repeats=args.repeats,
             )

@@ -93,6 +93,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--reflow-rounds", type=int, default=None, help="reflow rounds after training (default: the preset's)"
     )
     parser.add_argument("--pooling", default="sum", choices=["mean", "sum", "attention"])
+    parser.add_argument(
+        "--no-gene-offsets", action="store_true", help="decode without gene offsets (cellflow's default: with)"
+    )
     parser.add_argument("--backbone-kwargs", type=json.loads, default={}, help="JSON, e.g. '{\"hidden_dim\": 512}'")
     parser.add_argument(
         "--predicted-cells",
@@ -186,6 +189,7 @@ def train_and_score(adata, frame, train, held_out, baselines, args, seed: int, s
         pooling=args.pooling,
         backbone_kwargs=args.backbone_kwargs,
         vae_kl_weight=args.vae_kl_weight,
+        gene_offsets=not args.no_gene_offsets,
         seed=seed,
         preset=args.preset,
     )
@@ -454,7 +458,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         f"source={args.source} "
         f"source_shift={args.source_shift} reflow_rounds={args.reflow_rounds} "
         f"pooling={args.pooling} backbone_kwargs={args.backbone_kwargs} vae_epochs={args.vae_epochs} "
-        f"vae_batch_size={args.vae_batch_size} vae_kl_weight={args.vae_kl_weight}; seeds {seeds}"
+        f"vae_batch_size={args.vae_batch_size} vae_kl_weight={args.vae_kl_weight} "
+        f"gene_offsets={not args.no_gene_offsets}; seeds {seeds}"
     )
 
     runs = []

@@ -84,14 +84,18 @@ class _ExpVAE:
         scale = np.repeat(0.01 * np.arange(1, len(matrix) + 1)[:, None], matrix.shape[1], axis=1)
         return latent, scale, np.log(np.maximum(matrix.sum(axis=1), 1.0))
 
-    def decode(self, z, log_library, batch=None, *, sample=True, generator=None, latent_scale=None):
+    def decode(self, z, log_library, batch=None, *, sample=True, generator=None, latent_scale=None, gene_offset=None):
+        assert gene_offset is None  # the stub model has no gene offsets
         self.last = {"log_library": log_library.numpy().ravel(), "latent_scale": latent_scale.numpy()}
         return torch.exp(z)
 
 
 def _stub_model(adata):
     config = types.SimpleNamespace(batch_key=None)
-    return types.SimpleNamespace(is_trained=True, genes=list(adata.var_names), vae=_ExpVAE(), config=config)
+    module = types.SimpleNamespace(gene_offsets=None)  # decoded as the VAE decodes (gene offsets: their own tests)
+    return types.SimpleNamespace(
+        is_trained=True, genes=list(adata.var_names), vae=_ExpVAE(), config=config, module=module
+    )
 
 
 def test_latent_arithmetic_by_hand():

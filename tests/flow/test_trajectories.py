@@ -107,6 +107,26 @@ def test_time_resolved_shifts_match_hand_computed_means():
     assert shifts.measured.numpy().reshape(2, n_times, 2)[:, :, 0].tolist() == [[True, True], [False, False]]
 
 
+def test_time_resolved_shifts_derive_tokens_measured_only_in_combinations():
+    """C is measured only in A+C: at each time point its shift is shift(A+C) - shift(A) there (it was 0 before)."""
+    dim, n_times = 2, 3
+    conditions, time_code, latent = [], [], []
+    for k in range(n_times):
+        for label, mean in (("control", [0, 0]), ("A", [k + 1, 0]), ("A+C", [k + 1, 2 * (k + 1)])):
+            for _ in range(3):
+                conditions.append(parse_condition(label, control="control"))
+                time_code.append(k)
+                latent.append(np.array(mean, dtype=float) + 7.0 * k)
+    shifts = time_resolved_shifts(
+        np.array(latent), conditions, np.zeros(len(latent), dtype=int), np.array(time_code), 1, n_times, ["A", "C"]
+    )
+    table = shifts.table.numpy().reshape(n_times, 2, dim)
+    for k in range(n_times):
+        np.testing.assert_allclose(table[k, 0], [k + 1, 0], atol=1e-5)
+        np.testing.assert_allclose(table[k, 1], [0, 2 * (k + 1)], atol=1e-5)
+    assert not shifts.measured.numpy()[:, 1].any()  # C was never measured alone
+
+
 def _course(drop_time_of: str | None = None) -> ad.AnnData:
     labels = np.repeat(["control", "A", "B"], 12)
     obs = pd.DataFrame({"perturbation": labels, "time": np.tile([1.0, 2.0, 4.0], 12)})

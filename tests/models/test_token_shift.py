@@ -60,6 +60,7 @@ def test_additive_shift_needs_control_source():
         "batch_key": None,
         "source": "control",
         "source_shift": "measured",
+        "gene_offsets": True,
         "token_embedding": "learned",
         "cond_dim": 8,
         "pooling": "sum",

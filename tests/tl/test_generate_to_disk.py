@@ -77,7 +77,13 @@ def test_one_block_draws_exactly_what_the_flow_and_decoder_draw(trained):
     generator = torch.Generator().manual_seed(9)
     z1, log_library, vae_batch, scale, _ = module.sample(batch, 40, generator, method="euler", steps=4)
     counts = trained.vae.decode(
-        z1, log_library[:, None], vae_batch[:, None], generator=generator, sparse=True, latent_scale=scale
+        z1,
+        log_library[:, None],
+        vae_batch[:, None],
+        generator=generator,
+        sparse=True,
+        latent_scale=scale,
+        gene_offset=module.gene_offset(batch),
     )
 
     pred = cf.tl.generate(trained, conditions=["control"], n_cells=40, covariates=CONTEXT, seed=9)
