@@ -67,9 +67,9 @@ def score_held_out(
         With a model, also score ``vae_ceiling``: the real held-out cells passed through the
         model's VAE and decoded as generation decodes (a draw around each cell's posterior mean
         with its posterior sd, the cell's own library size, the condition's gene offsets, counts
-        sampled: scvi-tools' posterior predictive), what a flow that generated the held-out cells' latents and
-        library sizes exactly would reach, so this row tells errors of the flow from those of
-        the VAE.
+        sampled: scvi-tools' posterior predictive), what a flow that generated the held-out
+        cells' latents and library sizes exactly would reach, so this row tells errors of the
+        flow from those of the VAE.
     n_cells
         Cells each method predicts per condition and context (default: as many as the real
         held-out cells). More cells estimate a method's predicted distribution more
@@ -280,7 +280,7 @@ def _gene_offset(model: CellFlow, condition: str, context: dict) -> torch.Tensor
         return None
     ids, doses, mask = codec.encode_conditions([parse_condition(condition, control=setup.control, sep=setup.combo_sep)])
     values = {k: str(context[k]) for k in codec.covariate_keys}
-    code = module.reference.contexts.index(tuple(values.values()))
+    code = module.reference.context_code(tuple(values.values()))
     covariates = codec.encode_covariates([values])
     return module.gene_offset(ConditionBatch(ids, doses, mask, covariates, torch.zeros(1), torch.tensor([code])))
 

@@ -2,8 +2,8 @@
 
 Everything generation needs is in the checkpoint: the architecture, the registration, the
 vocabularies, the VAE, the flow module (condition encoder, backbone, token shifts, library
-shifts, gene offsets, control reference with the control cells' posterior sds) and how the flow was trained
-(reflowed, distilled, with a null condition). The training log (``history``) is saved for the
+shifts, gene offsets, control reference with the control cells' posterior sds) and how the flow
+was trained (reflowed, distilled, with a null condition). The training log (``history``) is saved for the
 record only.
 
 A checkpoint cannot silently disagree with itself:

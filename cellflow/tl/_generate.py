@@ -72,8 +72,8 @@ def generate(
     sizes are those of the context's control cells drawn as sources, moved by the condition's
     mean change of the log library size in training (the sum of its tokens' for an unmeasured
     combination); counts are decoded from a draw around each latent with its source cell's
-    posterior standard deviation (scvi-tools' posterior predictive), with the condition's
-    gene offsets (:class:`~cellflow.flow.GeneOffsets`) on the expected counts. ``obsm["X_cellflow"]``
+    posterior standard deviation (scvi-tools' posterior predictive), with the condition's gene
+    offsets (:class:`~cellflow.flow.GeneOffsets`) on the expected counts. ``obsm["X_cellflow"]``
     holds the latents themselves, comparable with :func:`~cellflow.tl.encode`'s posterior means.
 
     Parameters

@@ -42,10 +42,10 @@ def predict(
     the cell's own context (its covariate values) from where it is, moved by the condition's
     token shift, and decoded with the cell's own library size moved by the condition's library
     shift (and its VAE batch); counts are drawn around the carried latent with the cell's own
-    posterior standard deviation and the condition's gene offsets, as :func:`~cellflow.tl.generate`
-    does. The cells are
-    taken to be unperturbed cells of their context, as the control cells the flow was trained
-    from: pass control cells (or cells of a new donor, sample or cell line in a known context).
+    posterior standard deviation and the condition's gene offsets, as
+    :func:`~cellflow.tl.generate` does. The cells are taken to be unperturbed cells of their
+    context, as the control cells the flow was trained from: pass control cells (or cells of a
+    new donor, sample or cell line in a known context).
 
     Parameters
     ----------
