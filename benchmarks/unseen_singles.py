@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         if args.out is not None:
             args.out.mkdir(parents=True, exist_ok=True)
             results.to_csv(args.out / "results.csv", index=False)
-    n_singles, seeds = results["condition"].nunique(), sorted(results["seed"].unique())
+    n_singles, seeds = results["condition"].nunique(), sorted(int(s) for s in results["seed"].unique())
     print(f"\n{n_singles} unseen singles, seeds {seeds}, {results['draw'].nunique()} draw(s) each")
     with pd.option_context("display.width", 160):
         print(summary(results).to_string())
