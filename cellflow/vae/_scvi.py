@@ -260,8 +260,8 @@ class LatentVAE:
             px = self.module.generative(z.to(device), library.to(device), b)["px"]
             mean = px.rate if self.config.gene_likelihood == "poisson" else px.mu
             codes = torch.as_tensor(np.asarray(group[rows]), dtype=torch.long)
-            observed.index_add_(0, codes, x.double().cpu())
-            expected.index_add_(0, codes, mean.double().cpu())
+            observed.index_add_(0, codes, x.cpu().double())
+            expected.index_add_(0, codes, mean.cpu().double())
         return observed.numpy(), expected.numpy()
 
     @torch.no_grad()
