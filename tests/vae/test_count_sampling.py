@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from cellflow.vae._scvi import SAMPLING_CHUNK_ROWS, sample_counts
+from cellflow.vae._sampling import SAMPLING_CHUNK_ROWS, sample_counts
 
 
 def _draw(params, seed=0, threads=1, sparse=False):
