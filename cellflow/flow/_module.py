@@ -160,6 +160,16 @@ class FlowModule(nn.Module):
         """Whether a state is a whole trajectory ``(T, D)`` rather than one cell ``(D,)``."""
         return self.backbone.over_time
 
+    @property
+    def token_features(self) -> np.ndarray | None:
+        """``(n_tokens, F)`` the token embedding's feature table (standardised), or ``None`` for learned tokens.
+
+        Token shifts, library shifts and gene offsets of tokens measured nowhere are predicted
+        from it (:meth:`~cellflow.flow.TokenShifts.from_cells`).
+        """
+        embedding = self.encoder.set_encoder.token_embedding
+        return None if embedding.feature_dim is None else embedding.features.detach().cpu().double().numpy()
+
     def snapshot(self) -> dict:
         """A copy of everything the module holds (weights, shifts, reference, sampling), for :meth:`restore`."""
         return {

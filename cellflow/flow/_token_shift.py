@@ -5,8 +5,11 @@ al. 2019), or, with ``mode="measured"``, a measured condition's own mean shift. 
 subtracts it from the training targets and adds it back after the ODE, so the velocity field
 learns only what arithmetic misses (interactions between tokens, changes of shape and spread),
 which is small and generalises to unseen combinations of seen tokens. A token never measured
-alone takes its shift from combinations with tokens that were (``shift(A+B) - shift(B)``); one
-in no such combination shifts nothing, and the flow learns its whole effect.
+alone takes its shift from combinations with tokens that were (``shift(A+B) - shift(B)``). A
+token measured nowhere (an unseen perturbation) takes the shift its features predict, when the
+tokens have features (:func:`~cellflow.flow._feature_shifts.predict_from_features`: ridge
+regression on the measured tokens' shifts, or their mean); without features it shifts nothing,
+and the flow learns its whole effect.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import pandas as pd
 import torch
 
 from ..pp._conditions import Condition
+from ._feature_shifts import predict_from_features
 
 
 @dataclass
@@ -32,8 +36,9 @@ class TokenShifts:
         was not measured alone in ``c``, its mean over the contexts where it was
         (covariate transfer). A token never measured alone takes its shift from the
         combinations it was measured in whose other tokens were measured alone
-        (``shift(A+B) - shift(B)``, averaged; then transferred across contexts likewise);
-        zero where there are none.
+        (``shift(A+B) - shift(B)``, averaged; then transferred across contexts likewise).
+        A token measured nowhere takes the shift its features predict in each context, given
+        ``features``; zero without them.
     measured
         ``(n_contexts, n_tokens)`` boolean: ``t`` was measured alone in ``c``.
     condition_ids, condition_doses, condition_context, condition_shift
@@ -58,6 +63,7 @@ class TokenShifts:
         n_contexts: int,
         tokens: Sequence[str],
         mode: str = "additive",
+        features: np.ndarray | None = None,
     ) -> TokenShifts:
         """Estimate the shifts from training cells.
 
@@ -79,6 +85,11 @@ class TokenShifts:
             doses and context) is shifted by its own mean shift; only unmeasured ones by
             the sum. The flow then learns no mean change for any training group, and the
             mean of an unseen combination is exactly latent arithmetic.
+        features
+            ``(n_tokens, F)`` feature rows of the vocabulary (the model's token embedding
+            table), or ``None``. With them, the shift of a token measured nowhere, alone or
+            in a combination, is predicted from its features
+            (:func:`~cellflow.flow._feature_shifts.predict_from_features`).
 
         Notes
         -----
@@ -110,6 +121,10 @@ class TokenShifts:
         table = _transfer_across_contexts(table, measured)
         derived = _shifts_from_combinations(latent, conditions, context, is_control, token_id, table, measured)
         table = np.where(derived[1][:, :, None], derived[0], table)
+        if features is not None:
+            known = measured.any(axis=0) | derived[1].any(axis=0)
+            for ctx in range(n_contexts):
+                table[ctx] = predict_from_features(table[ctx], known, features)[0]
         shifts = cls(torch.as_tensor(table, dtype=torch.float32), torch.as_tensor(measured))
         if mode == "measured":
             shifts._add_measured_conditions(latent, conditions, context, token_id)
@@ -253,6 +268,7 @@ def time_resolved_shifts(
     n_contexts: int,
     n_times: int,
     tokens: Sequence[str],
+    features: np.ndarray | None = None,
 ) -> TokenShifts:
     """Additive token shifts measured separately at every time point (``source_shift="additive"`` over time).
 
@@ -261,8 +277,9 @@ def time_resolved_shifts(
     the shift in context ``c`` at time point ``k``, estimated by :meth:`TokenShifts.from_cells`
     on the cells of time point ``k`` alone: the mean latent of the token alone there minus the
     mean latent of the control cells there; a token unmeasured alone in context ``c`` takes its
-    mean shift over the other contexts at the same time point, and a token never measured alone
-    at that time point its shift from the combinations measured then.
+    mean shift over the other contexts at the same time point, a token never measured alone
+    at that time point its shift from the combinations measured then, and one measured nowhere
+    at that time point the shift its ``features`` predict, given them.
 
     Returns
     -------
@@ -276,7 +293,9 @@ def time_resolved_shifts(
     measured = np.zeros((n_contexts, n_times, len(tokens)), dtype=bool)
     for k in range(n_times):
         cells = np.flatnonzero(time_code == k)
-        at_k = TokenShifts.from_cells(latent[cells], [conditions[i] for i in cells], context[cells], n_contexts, tokens)
+        at_k = TokenShifts.from_cells(
+            latent[cells], [conditions[i] for i in cells], context[cells], n_contexts, tokens, features=features
+        )
         table[:, k], measured[:, k] = at_k.table.numpy(), at_k.measured.numpy()
     return TokenShifts(
         torch.as_tensor(table.reshape(n_contexts * n_times, len(tokens), -1)),

@@ -104,11 +104,13 @@ def fit_latent_arithmetic(
     )
     n_contexts, n_times = len(design.contexts), len(design.time_points)
 
+    features = module.token_features  # tokens measured nowhere take the shifts their features predict
+
     def shifts(values: np.ndarray, mode: str) -> TokenShifts:
         if module.over_time:  # per time point, additive (row context * T + k)
             codes = (design.context, design.time_code)
-            return time_resolved_shifts(values, conditions, *codes, n_contexts, n_times, tokens)
-        return TokenShifts.from_cells(values, conditions, design.context, n_contexts, tokens, mode=mode)
+            return time_resolved_shifts(values, conditions, *codes, n_contexts, n_times, tokens, features)
+        return TokenShifts.from_cells(values, conditions, design.context, n_contexts, tokens, mode, features)
 
     module.library_shifts = shifts(_within_batch(log_library, batch, control)[:, None], "measured")
     module.shifts = None

@@ -48,6 +48,7 @@ def fit_gene_offsets(
         n_times=len(design.time_points) if module.over_time else 1,
         mode="additive" if module.over_time else "measured",
         seed=seed,
+        features=module.token_features,
     )
     return module.gene_offsets.prior_strength
 
@@ -66,6 +67,7 @@ def gene_offsets_from_cells(
     n_times: int = 1,
     mode: str = "measured",
     seed: int = 0,
+    features: np.ndarray | None = None,
 ) -> GeneOffsets:
     """Estimate :class:`~cellflow.flow.GeneOffsets` from cells with their counts.
 
@@ -101,6 +103,9 @@ def gene_offsets_from_cells(
     seed
         Seed of the halves and of the posterior draws (a generator of its own: the global
         random state is untouched).
+    features
+        ``(n_tokens, F)`` token features: the offsets of a token measured nowhere are predicted
+        from them (as :meth:`~cellflow.flow.TokenShifts.from_cells`); ``None``: no change.
     """
     context = np.asarray(context, dtype=np.int64)
     time_code = np.zeros(len(context), dtype=np.int64) if time_code is None else np.asarray(time_code, np.int64)
@@ -121,9 +126,10 @@ def gene_offsets_from_cells(
     if n_times > 1:
         if mode != "additive":
             raise ValueError("Gene offsets per time point are additive; pass mode='additive'.")
-        shifts = time_resolved_shifts(offsets, group_conditions, group_context, group_time, n_contexts, n_times, tokens)
+        codes = (group_context, group_time, n_contexts, n_times)
+        shifts = time_resolved_shifts(offsets, group_conditions, *codes, tokens, features)
     else:
-        shifts = TokenShifts.from_cells(offsets, group_conditions, group_context, n_contexts, tokens, mode=mode)
+        shifts = TokenShifts.from_cells(offsets, group_conditions, group_context, n_contexts, tokens, mode, features)
     rows = group_context * n_times + group_time
     control = np.zeros((n_contexts * n_times, n_genes))
     is_control = np.array([c.is_control for c in group_conditions])
