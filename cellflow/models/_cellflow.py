@@ -98,7 +98,10 @@ class CellFlow(TrainingMixin):
         training), ``"expression"`` (the perturbed gene's co-expression profile in control
         cells: every measured gene can be embedded, so unseen perturbations of measured
         genes can be predicted) or a :class:`pandas.DataFrame` indexed by perturbation
-        name (protein language model vectors, fingerprints, ...).
+        name (protein language model vectors, fingerprints, ...). With features, a token
+        measured nowhere takes the latent shift, library shift and gene offsets that ridge
+        regression on the measured tokens' predicts from its features (or their mean, where the
+        features do not predict better in leave-one-out).
     cond_dim
         Size of the condition vector.
     pooling
