@@ -6,10 +6,10 @@ subtracts it from the training targets and adds it back after the ODE, so the ve
 learns only what arithmetic misses (interactions between tokens, changes of shape and spread),
 which is small and generalises to unseen combinations of seen tokens. A token never measured
 alone takes its shift from combinations with tokens that were (``shift(A+B) - shift(B)``). A
-token measured nowhere (an unseen perturbation) takes the shift its features predict, when the
-tokens have features (:func:`~cellflow.flow._feature_shifts.predict_from_features`: ridge
-regression on the measured tokens' shifts, or their mean); without features it shifts nothing,
-and the flow learns its whole effect.
+token with neither (an unseen perturbation, or one measured only in combinations with other
+such tokens) takes the shift its features predict, when the tokens have features
+(:class:`~cellflow.flow._feature_shifts.FeatureRegression`: ridge regression on the other tokens'
+shifts, or their mean); without features it shifts nothing, and the flow learns its whole effect.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from ..pp._conditions import Condition
-from ._feature_shifts import predict_from_features
+from ._feature_shifts import FeatureRegression
 
 
 @dataclass
@@ -37,8 +37,8 @@ class TokenShifts:
         (covariate transfer). A token never measured alone takes its shift from the
         combinations it was measured in whose other tokens were measured alone
         (``shift(A+B) - shift(B)``, averaged; then transferred across contexts likewise).
-        A token measured nowhere takes the shift its features predict in each context, given
-        ``features``; zero without them.
+        A token with no shift of either kind takes the one its features predict in each
+        context, given ``features``; zero without them.
     measured
         ``(n_contexts, n_tokens)`` boolean: ``t`` was measured alone in ``c``.
     condition_ids, condition_doses, condition_context, condition_shift
@@ -87,9 +87,10 @@ class TokenShifts:
             mean of an unseen combination is exactly latent arithmetic.
         features
             ``(n_tokens, F)`` feature rows of the vocabulary (the model's token embedding
-            table), or ``None``. With them, the shift of a token measured nowhere, alone or
-            in a combination, is predicted from its features
-            (:func:`~cellflow.flow._feature_shifts.predict_from_features`).
+            table), or ``None``. With them, the shift of a token without one of its own (not
+            measured alone in any context, nor derivable from a combination with tokens that
+            were) is predicted from its features
+            (:class:`~cellflow.flow._feature_shifts.FeatureRegression`).
 
         Notes
         -----
@@ -121,10 +122,10 @@ class TokenShifts:
         table = _transfer_across_contexts(table, measured)
         derived = _shifts_from_combinations(latent, conditions, context, is_control, token_id, table, measured)
         table = np.where(derived[1][:, :, None], derived[0], table)
-        if features is not None:
-            known = measured.any(axis=0) | derived[1].any(axis=0)
+        if features is not None:  # one decomposition of the known tokens' features serves every context
+            regression = FeatureRegression(features, measured.any(axis=0) | derived[1].any(axis=0))
             for ctx in range(n_contexts):
-                table[ctx] = predict_from_features(table[ctx], known, features)[0]
+                table[ctx] = regression.predict(table[ctx])[0]
         shifts = cls(torch.as_tensor(table, dtype=torch.float32), torch.as_tensor(measured))
         if mode == "measured":
             shifts._add_measured_conditions(latent, conditions, context, token_id)
@@ -280,6 +281,19 @@ def time_resolved_shifts(
     mean shift over the other contexts at the same time point, a token never measured alone
     at that time point its shift from the combinations measured then, and one measured nowhere
     at that time point the shift its ``features`` predict, given them.
+
+    Parameters
+    ----------
+    latent
+        ``(N, D)`` values of every cell (latents, log library sizes, or per-group values).
+    conditions, context, time_code
+        Condition, context code and time point of every row.
+    n_contexts, n_times
+        Numbers of contexts and time points.
+    tokens
+        The model's token vocabulary.
+    features
+        ``(n_tokens, F)`` token features, or ``None`` (see :meth:`TokenShifts.from_cells`).
 
     Returns
     -------

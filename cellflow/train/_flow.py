@@ -86,7 +86,9 @@ def fit_latent_arithmetic(
     The library shifts are estimated whatever ``source_shift`` says, since the flow never moves
     library sizes: a measured condition's own mean change of the log library size, an unmeasured
     combination the sum of its tokens' (over time: the sum of its tokens' at each time point, as
-    the latent shifts over time). With VAE batches, each cell's log library size is taken relative
+    the latent shifts over time). With token features (``module.token_features``), a token
+    measured nowhere takes the latent and library shifts its features predict
+    (:class:`~cellflow.flow.TokenShifts`). With VAE batches, each cell's log library size is taken relative
     to the control cells of its batch first: a generated cell keeps its source's batch and depth,
     so a condition sequenced mostly in a deeper batch must not read as one that raises counts.
     """
