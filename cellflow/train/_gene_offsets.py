@@ -12,9 +12,13 @@ from ..flow import FlowModule, GeneOffsets, TokenShifts, time_resolved_shifts
 from ..pp._conditions import Condition
 from ..vae import LatentVAE
 from ._design import TrainingDesign
+from ._plan import rank_and_world_size
 
 PRIOR_STRENGTHS = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
 """Prior strengths (counts summed over a group) :func:`choose_prior_strength` chooses from."""
+
+COUNT_CHUNK = 4096
+"""Cells read and decoded at once in the pass over the counts (a distributed run shares the chunks out)."""
 
 
 def fit_gene_offsets(
@@ -102,7 +106,10 @@ def gene_offsets_from_cells(
         ``"measured"`` or ``"additive"``, as :meth:`~cellflow.flow.TokenShifts.from_cells`.
     seed
         Seed of the halves and of the posterior draws (a generator of its own: the global
-        random state is untouched).
+        random state is untouched). Under distributed training (an initialised process group)
+        each of the ``W`` processes reads and decodes a ``W``-th of the chunks and the sums are
+        added over the processes: every rank gets the offsets one process would estimate (every
+        rank must call it).
     features
         ``(n_tokens, F)`` token features: the offsets of a token measured nowhere are predicted
         from them (as :meth:`~cellflow.flow.TokenShifts.from_cells`); ``None``: no change.
@@ -115,7 +122,7 @@ def gene_offsets_from_cells(
     generator = torch.Generator().manual_seed(seed)
     half = (torch.rand(len(group), generator=generator) < 0.5).numpy().astype(np.int64)
     halves = 2 * group + half
-    observed, expected = vae.count_sums(matrix, halves, 2 * len(uniques), posterior, batch, generator=generator)
+    observed, expected = _count_sums(vae, matrix, halves, 2 * len(uniques), posterior, batch, generator)
     n_genes = observed.shape[1]
     observed, expected = observed.reshape(-1, 2, n_genes), expected.reshape(-1, 2, n_genes)
     strength = choose_prior_strength(observed, expected)
@@ -135,6 +142,25 @@ def gene_offsets_from_cells(
     is_control = np.array([c.is_control for c in group_conditions])
     control[rows[is_control]] = offsets[is_control]
     return GeneOffsets(torch.as_tensor(control, dtype=torch.float32), shifts, strength)
+
+
+def _count_sums(vae, matrix, group, n_groups, posterior, batch, generator) -> tuple[np.ndarray, np.ndarray]:
+    """:meth:`~cellflow.vae.LatentVAE.count_sums`, shared out among the processes of a distributed run."""
+    rank, world = rank_and_world_size()
+    if world == 1:
+        return vae.count_sums(matrix, group, n_groups, posterior, batch, generator=generator, batch_size=COUNT_CHUNK)
+    n_chunks = -(-matrix.shape[0] // COUNT_CHUNK)
+    share = range(n_chunks * rank // world, n_chunks * (rank + 1) // world)
+    sums = vae.count_sums(
+        matrix, group, n_groups, posterior, batch, generator=generator, batch_size=COUNT_CHUNK, chunks=share
+    )
+    device = next(vae.module.parameters()).device  # NCCL reduces tensors on the rank's GPU, gloo on the CPU
+    totals = []
+    for part in sums:
+        tensor = torch.as_tensor(part, device=device)
+        torch.distributed.all_reduce(tensor)
+        totals.append(tensor.cpu().numpy())
+    return totals[0], totals[1]
 
 
 def choose_prior_strength(

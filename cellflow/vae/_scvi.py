@@ -223,6 +223,7 @@ class LatentVAE:
         *,
         generator: torch.Generator | None = None,
         batch_size: int = 4096,
+        chunks: range | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Observed and expected counts of every gene summed over the cells of each group (``(n_groups, G)`` each).
 
@@ -246,6 +247,10 @@ class LatentVAE:
             ``(N,)`` VAE batch codes, or ``None``.
         generator
             Random generator of the draws around the posterior means.
+        chunks
+            Sum only these chunks of ``batch_size`` rows (a process's share of a distributed
+            pass); ``None``: all. The draws of every chunk are taken from ``generator`` in order
+            whatever the share, so the shares' sums add up to the sums of the whole pass.
         """
         if self.config.gene_likelihood == "normal":
             raise ValueError("count_sums needs a count likelihood; this VAE models log-normalised data.")
@@ -253,10 +258,14 @@ class LatentVAE:
         device = next(self.module.parameters()).device
         observed = torch.zeros(n_groups, self.config.n_input, dtype=torch.float64)
         expected = torch.zeros(n_groups, self.config.n_input, dtype=torch.float64)
-        for start, (x, b) in zip(range(0, matrix.shape[0], batch_size), self._batches(matrix, batch, batch_size)):
-            rows = slice(start, start + len(x))
+        for index, start in enumerate(range(0, matrix.shape[0], batch_size)):
+            rows = slice(start, min(start + batch_size, matrix.shape[0]))
             z = torch.as_tensor(latent[rows], dtype=torch.float32)
-            z = z + torch.as_tensor(scale[rows], dtype=torch.float32) * torch.randn(z.shape, generator=generator)
+            noise = torch.randn(z.shape, generator=generator)  # drawn for every chunk, summed or not
+            if chunks is not None and index not in chunks:
+                continue
+            x, b = self._block(matrix, batch, rows.start, rows.stop)
+            z = z + torch.as_tensor(scale[rows], dtype=torch.float32) * noise
             library = torch.as_tensor(log_library[rows], dtype=torch.float32).view(-1, 1)
             px = self.module.generative(z.to(device), library.to(device), b)["px"]
             mean = px.rate if self.config.gene_likelihood == "poisson" else px.mu
@@ -338,14 +347,16 @@ class LatentVAE:
             yield self.module.inference(x, b)["qz"], np.log(np.maximum(x.sum(dim=1).double().cpu().numpy(), 1.0))
 
     def _batches(self, matrix, batch, batch_size) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        device = next(self.module.parameters()).device
         for start in range(0, matrix.shape[0], batch_size):
-            x = torch.as_tensor(read_rows(matrix, start, start + batch_size), device=device)
-            if batch is None:
-                b = torch.zeros(x.shape[0], 1, dtype=torch.long, device=device)
-            else:
-                b = torch.as_tensor(np.asarray(batch[start : start + batch_size]), device=device).long().view(-1, 1)
-            yield x, b
+            yield self._block(matrix, batch, start, start + batch_size)
+
+    def _block(self, matrix, batch, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Counts and batch codes (``(n, 1)``) of rows ``start:stop``, on the module's device."""
+        device = next(self.module.parameters()).device
+        x = torch.as_tensor(read_rows(matrix, start, stop), device=device)
+        if batch is None:
+            return x, torch.zeros(x.shape[0], 1, dtype=torch.long, device=device)
+        return x, torch.as_tensor(np.asarray(batch[start:stop]), device=device).long().view(-1, 1)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The module's weights."""

@@ -4,8 +4,9 @@ Lightning's DDP on the CPU (gloo) starts ``PROCESSES`` processes, each running t
 stages (the VAE through scvi-tools, the flow and its reflow) train under one process group. Rank 0
 saves the model. ``DATA`` may be a backed ``.h5ad`` file (``-``: simulated in memory). The latent
 pass is split across the ranks in chunks of 256 cells (the library's are larger than these data),
-and each rank checks the gathered latents against one process's pass of the same VAE. Then the
-ranks generate cells together into ``generated.h5ad`` in the working folder.
+and each rank checks the gathered latents against one process's pass of the same VAE; the pass
+over the counts for the gene offsets is split likewise and checked against one process's. Then
+the ranks generate cells together into ``generated.h5ad`` in the working folder.
 """
 
 import hashlib
@@ -17,6 +18,8 @@ import torch
 
 import cellflow as cf
 from cellflow.models import _cells
+from cellflow.train import _gene_offsets
+from cellflow.vae import LatentVAE
 
 TRAIN = {
     "vae_epochs": 30,
@@ -38,6 +41,8 @@ def main(processes: int, data: str, out: str) -> None:
     cf.pp.setup(adata, perturbation_key="perturbation", control="control", covariate_keys=["cell_type"])
     model = cf.CellFlow(adata, latent_dim=4, backbone_kwargs={"hidden_dim": 16, "n_blocks": 1}, seed=5)
     _cells.ENCODE_CHUNK = 256  # so that every rank encodes a share of these 1,200 cells
+    _gene_offsets.COUNT_CHUNK = 256  # and sums the counts of a share
+    shares = record_count_shares()
     model.train(**TRAIN, accelerator="cpu", devices=processes, trainer_kwargs={"strategy": "ddp"}, progress_bar=False)
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     say(f"rank {rank} of {world} trained weights {weights_hash(model)}")
@@ -47,11 +52,54 @@ def main(processes: int, data: str, out: str) -> None:
     same = np.array_equal(gathered.latent, latent) and np.array_equal(gathered.log_library, log_library)
     cells = len(gathered.latent)
     say(f"rank {rank} of {world} latent pass of {cells} cells equals one process's: {same}")
+    say(f"rank {rank} of {world} summed the counts of chunks {' '.join(map(str, shares))}")
+    say(f"rank {rank} of {world} gene offsets equal one process's: {offsets_of_one_process(model, adata)}")
     model.save(out)
     # Generation shared out among the ranks: 2 conditions of one block each, one per rank; rank 0 writes.
     conditions = ["control", model.codec.tokens[0]]
     pred = cf.tl.generate(model, conditions=conditions, **GENERATE, out="generated.h5ad", distributed=True)
     say(f"rank {rank} of {world} generated {pred.n_obs} cells to {pred.filename.name}")
+
+
+def record_count_shares() -> list[int]:
+    """The chunks this rank sums in the pass over the counts (filled as training calls ``count_sums``)."""
+    shares, count_sums = [], LatentVAE.count_sums
+
+    def recording(self, *args, chunks=None, **kwargs):
+        shares.extend(chunks or [])
+        return count_sums(self, *args, chunks=chunks, **kwargs)
+
+    LatentVAE.count_sums = recording
+    return shares
+
+
+def offsets_of_one_process(model, adata) -> bool:
+    """Whether the gene offsets of the shared pass equal those one process estimates (sums to 1e-9)."""
+    cells, design = model._encoded_cells(), model._design()
+    shared = _gene_offsets.rank_and_world_size
+    _gene_offsets.rank_and_world_size = lambda: (0, 1)
+    try:
+        alone = _gene_offsets.gene_offsets_from_cells(
+            model.vae,
+            _cells.expression(adata, model.setup),
+            (cells.latent, cells.latent_scale, cells.log_library),
+            cells.batch,
+            model._conditions,
+            design.context,
+            len(design.contexts),
+            model.codec.tokens,
+            seed=model.config.seed,
+            features=model.module.token_features,
+        )
+    finally:
+        _gene_offsets.rank_and_world_size = shared
+    trained = model.module.gene_offsets
+    return (
+        alone.prior_strength == trained.prior_strength
+        and torch.allclose(alone.control, trained.control, rtol=0, atol=1e-6)
+        and torch.allclose(alone.shifts.table, trained.shifts.table, rtol=0, atol=1e-6)
+        and torch.allclose(alone.shifts.condition_shift, trained.shifts.condition_shift, rtol=0, atol=1e-6)
+    )
 
 
 def say(line: str) -> None:

@@ -38,6 +38,12 @@ def test_two_processes_train_both_stages_and_the_saved_model_generates(tmp_path)
     # The latent pass was split over the two ranks and gathered: what one process computes.
     latent_pass = dict(re.findall(r"rank (\d) of 2 latent pass of 1200 cells equals one process's: (\w+)", run.stdout))
     assert latent_pass == {"0": "True", "1": "True"}, run.stdout
+    # So was the pass over the counts that estimates the gene offsets, its sums added over the ranks.
+    shares = dict(re.findall(r"rank (\d) of 2 summed the counts of chunks ([\d ]*)", run.stdout))
+    chunks = [sorted(map(int, shares.get(r, "").split())) for r in ("0", "1")]
+    assert chunks[0] and chunks[1] and sorted(chunks[0] + chunks[1]) == list(range(5)), run.stdout  # 1,200 / 256
+    offsets = dict(re.findall(r"rank (\d) of 2 gene offsets equal one process's: (\w+)", run.stdout))
+    assert offsets == {"0": "True", "1": "True"}, run.stdout
 
     model = cf.CellFlow.load(tmp_path / "model")
     assert model.is_trained and model.module.sampling.reflow_rounds == 1
