@@ -94,11 +94,6 @@ class FeatureRegression:
         return filled, relative
 
 
-def predict_from_features(values: np.ndarray, known: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, float]:
-    """One :class:`FeatureRegression` and its :meth:`~FeatureRegression.predict` of ``values``."""
-    return FeatureRegression(features, known).predict(values)
-
-
 def _leading_axes(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The ``k`` leading singular triplets of ``x`` (all of them when it has at most ``2k``), deterministically.
 

@@ -11,7 +11,7 @@ import torch
 
 from ..train import VAETrainingConfig
 from ..train._interrupt import interruptible
-from ..train._plan import rank_and_world_size
+from ..train._plan import chunk_share, rank_and_world_size
 from ..train._quiet import quiet_lightning
 from ..vae import LatentVAE, VAEConfig
 from ..vae._disk import RowRange
@@ -155,12 +155,12 @@ def encode_cells(vae: LatentVAE, adata, setup, batch_key: str | None, categories
     """
     _, batch = batch_codes(adata, batch_key, categories)
     matrix = expression(adata, setup)
-    rank, world = rank_and_world_size()
+    world = rank_and_world_size()[1]
     if world == 1:
         latent, scale, log_library = vae.encode_posterior(matrix, batch, batch_size=ENCODE_CHUNK)
         return EncodedCells(latent=latent, batch=batch, log_library=log_library, latent_scale=scale)
-    chunks = -(-adata.n_obs // ENCODE_CHUNK)
-    start, stop = (min(adata.n_obs, ENCODE_CHUNK * (chunks * r // world)) for r in (rank, rank + 1))
+    chunks = chunk_share(adata.n_obs, ENCODE_CHUNK)
+    start, stop = (min(adata.n_obs, ENCODE_CHUNK * c) for c in (chunks.start, chunks.stop))
     share = vae.encode_posterior(
         RowRange(matrix, start, stop), None if batch is None else batch[start:stop], batch_size=ENCODE_CHUNK
     )

@@ -12,7 +12,7 @@ from ..flow import FlowModule, GeneOffsets, TokenShifts, time_resolved_shifts
 from ..pp._conditions import Condition
 from ..vae import LatentVAE
 from ._design import TrainingDesign
-from ._plan import rank_and_world_size
+from ._plan import chunk_share, rank_and_world_size
 
 PRIOR_STRENGTHS = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
 """Prior strengths (counts summed over a group) :func:`choose_prior_strength` chooses from."""
@@ -146,11 +146,9 @@ def gene_offsets_from_cells(
 
 def _count_sums(vae, matrix, group, n_groups, posterior, batch, generator) -> tuple[np.ndarray, np.ndarray]:
     """:meth:`~cellflow.vae.LatentVAE.count_sums`, shared out among the processes of a distributed run."""
-    rank, world = rank_and_world_size()
-    if world == 1:
+    if rank_and_world_size()[1] == 1:
         return vae.count_sums(matrix, group, n_groups, posterior, batch, generator=generator, batch_size=COUNT_CHUNK)
-    n_chunks = -(-matrix.shape[0] // COUNT_CHUNK)
-    share = range(n_chunks * rank // world, n_chunks * (rank + 1) // world)
+    share = chunk_share(matrix.shape[0], COUNT_CHUNK)
     sums = vae.count_sums(
         matrix, group, n_groups, posterior, batch, generator=generator, batch_size=COUNT_CHUNK, chunks=share
     )

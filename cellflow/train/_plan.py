@@ -36,6 +36,17 @@ def rank_and_world_size() -> tuple[int, int]:
     return 0, 1
 
 
+def chunk_share(n_rows: int, chunk: int) -> range:
+    """The chunks of ``chunk`` rows (of ``n_rows``) the calling process takes in a pass shared among processes.
+
+    Contiguous and as even as the chunks allow; every chunk once over the ranks; all of them
+    outside distributed training.
+    """
+    rank, world = rank_and_world_size()
+    n_chunks = -(-n_rows // chunk)
+    return range(n_chunks * rank // world, n_chunks * (rank + 1) // world)
+
+
 class GroupBatches(IterableDataset):
     """An endless stream of minibatches: groups drawn uniformly, cells drawn within them.
 

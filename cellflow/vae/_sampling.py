@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -47,8 +49,6 @@ def sample_counts(
     dense matrix is never formed, and the compression runs in parallel instead of on one
     thread afterwards.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     mu = params["mu"]
     starts = range(0, mu.shape[0], SAMPLING_CHUNK_ROWS)
     seeds = torch.randint(0, 2**62, (len(starts),), generator=generator).tolist()

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cellflow.flow import TokenShifts, _feature_shifts, time_resolved_shifts
-from cellflow.flow._feature_shifts import RIDGE_PENALTIES, FeatureRegression, predict_from_features
+from cellflow.flow._feature_shifts import RIDGE_PENALTIES, FeatureRegression, _leave_one_out_penalty
 from cellflow.pp._conditions import Condition
 
 
@@ -15,6 +15,10 @@ def _linear_tokens(n_tokens=40, n_features=10, seed=0):
     shifts = features @ rng.normal(size=(n_features, 3)) + 2.0
     known = np.arange(n_tokens) < 30
     return features, shifts, known
+
+
+def predict_from_features(values, known, features):
+    return FeatureRegression(features, known).predict(values)
 
 
 def test_shifts_linear_in_the_features_are_recovered_and_known_rows_kept():
@@ -75,8 +79,6 @@ def test_features_unrelated_to_the_shifts_fall_back_towards_the_mean():
 def test_the_leave_one_out_shortcut_equals_refitting_without_each_token():
     features, shifts, known = _linear_tokens(n_tokens=12, n_features=30, seed=3)
     shifts = shifts + np.random.default_rng(4).normal(size=shifts.shape)
-    from cellflow.flow._feature_shifts import _leave_one_out_penalty
-
     x, y = features[known][:8], shifts[known][:8]
     u, s, _ = np.linalg.svd(x - x.mean(axis=0), full_matrices=False)
     keep = s > s.max() * 1e-10
