@@ -245,6 +245,7 @@ def train_and_score(adata, frame, train, held_out, baselines, args, seed: int, s
         model.save(save_to, overwrite=True)
     results["seed"] = seed
     results["flow_final_loss"] = model.history.get("flow_final_loss", np.nan)
+    results["gene_offset_combination_scale"] = model.history.get("gene_offset_combination_scale", np.nan)
     return results
 
 

@@ -171,8 +171,11 @@ def write_peer_inputs(train, frame, held_out: list[str], folder: Path) -> tuple[
             "gene_2": [t[1] if len(t) > 1 else "control" for t in tokens],
             "control": labels == "control",
         },
-        index=train.obs_names,
+        index=pd.Index(np.asarray(train.obs_names, dtype=str), dtype=object),
     )
+    # Plain object strings: pandas 3 infers its own string dtype, which anndata writes only on
+    # request and anndata before 0.11 (the peer's environment may have one) cannot read.
+    obs = obs.astype({"condition": object, "gene_1": object, "gene_2": object})
     if max(len(t) for t in tokens) > 2:
         raise ValueError("The peer runner encodes at most two genes per cell; found a larger combination.")
     train_path, held_out_path = folder / "train.h5ad", folder / "held_out.json"

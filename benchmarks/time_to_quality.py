@@ -373,7 +373,7 @@ def run_points(args: argparse.Namespace, nc, pc) -> pd.DataFrame:
         keep({"family": "additive", "point": "additive", "seed": seed, "seconds": 0.0, **scorer.score(predictions)})
     python = None if args.skip_peer else pc.ensure_peer_venv(args.peer_venv or pc.DEFAULT_VENV)
     with tempfile.TemporaryDirectory(prefix="ttq-") as tmp:
-        inputs = pc.write_peer_inputs(train, frame, held_out, Path(tmp))
+        inputs = None if args.skip_peer else pc.write_peer_inputs(train, frame, held_out, Path(tmp))
         for seed in args.seeds:
             for name in args.ours:
                 predictions, seconds = run_ours(name, train, held_out, counts, seed, args.hardware)

@@ -45,6 +45,10 @@ class TokenShifts:
         With ``mode="measured"``: every measured condition (``(M, K)`` sorted token ids and
         doses, padded with -1 and 0), its context and its own mean latent shift ``(M, D)``,
         used instead of the sum of singles wherever a query matches one exactly.
+    combination_scale
+        Factor on the summed shift of a query of several tokens that matches no measured
+        condition (1: plain arithmetic). Gene offsets choose it on the training combinations
+        (:func:`~cellflow.train.choose_combination_scale`); latent shifts keep 1.
     """
 
     table: torch.Tensor
@@ -53,6 +57,7 @@ class TokenShifts:
     condition_doses: torch.Tensor | None = None
     condition_context: torch.Tensor | None = None
     condition_shift: torch.Tensor | None = None
+    combination_scale: float = 1.0
 
     @classmethod
     def from_cells(
@@ -172,6 +177,9 @@ class TokenShifts:
         per_token = table[context[:, None], token_ids]  # (B, K, D)
         weight = (doses * mask).to(per_token.dtype)  # padding and dose 0 contribute nothing
         shift = (weight.unsqueeze(-1) * per_token).sum(dim=1)
+        if self.combination_scale != 1.0:
+            several = (weight != 0).sum(dim=1) > 1
+            shift = torch.where(several[:, None], shift * self.combination_scale, shift)
         if self.condition_shift is None or len(self.condition_shift) == 0:
             return shift
         match = self._match(token_ids, doses, mask, context)  # (B,) row of a measured condition, or -1
@@ -214,13 +222,16 @@ class TokenShifts:
         if self.condition_shift is not None:
             for name in ("condition_ids", "condition_doses", "condition_context", "condition_shift"):
                 out[name] = getattr(self, name).contiguous()
+        if self.combination_scale != 1.0:  # absent (1) in checkpoints written before it existed
+            out["combination_scale"] = torch.tensor(self.combination_scale)
         return out
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> TokenShifts:
         """Rebuild from saved tensors."""
         extra = [tensors.get(n) for n in ("condition_ids", "condition_doses", "condition_context", "condition_shift")]
-        return cls(tensors["table"], tensors["measured"].bool(), *extra)
+        scale = float(tensors["combination_scale"]) if "combination_scale" in tensors else 1.0
+        return cls(tensors["table"], tensors["measured"].bool(), *extra, combination_scale=scale)
 
 
 def _transfer_across_contexts(table: np.ndarray, known: np.ndarray) -> np.ndarray:

@@ -222,6 +222,7 @@ class TrainingMixin:
                 seed=cfg.seed,
             )
             self.history["gene_offset_prior_strength"] = strength
+            self.history["gene_offset_combination_scale"] = self.module.gene_offsets.shifts.combination_scale
         validation_groups = None
         if config.validation_fraction > 0:
             validation_groups = validation_split(design, config.validation_fraction, cfg.seed)

@@ -17,6 +17,12 @@ from ._plan import chunk_share, rank_and_world_size
 PRIOR_STRENGTHS = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
 """Prior strengths (counts summed over a group) :func:`choose_prior_strength` chooses from."""
 
+COMBINATION_SCALES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
+"""Factors on an unseen combination's summed offset changes :func:`choose_combination_scale` chooses from."""
+
+MIN_COMBINATIONS = 3
+"""Training combinations (every token measured alone) needed to choose a factor other than 1."""
+
 COUNT_CHUNK = 4096
 """Cells read and decoded at once in the pass over the counts (a distributed run shares the chunks out)."""
 
@@ -80,7 +86,9 @@ def gene_offsets_from_cells(
     ``time_code``, at each time point), separately for two random halves of each group. The
     prior strength is the one of :data:`PRIOR_STRENGTHS` whose offsets from one half best
     predict the other half's counts (:func:`choose_prior_strength`): a choice made on these
-    cells alone. The offsets are then estimated on whole groups.
+    cells alone. The offsets are then estimated on whole groups. The factor on an unseen
+    combination's summed changes is the one that best predicts the counts of the training
+    combinations whose tokens were all measured alone (:func:`choose_combination_scale`).
 
     Parameters
     ----------
@@ -141,7 +149,77 @@ def gene_offsets_from_cells(
     control = np.zeros((n_contexts * n_times, n_genes))
     is_control = np.array([c.is_control for c in group_conditions])
     control[rows[is_control]] = offsets[is_control]
+    summed, eligible = _summed_changes(shifts, group_conditions, tokens, rows, set(rows[is_control]), n_times)
+    totals = observed.sum(axis=1)[eligible], expected.sum(axis=1)[eligible]
+    shifts.combination_scale = choose_combination_scale(*totals, control[rows[eligible]], summed)
     return GeneOffsets(torch.as_tensor(control, dtype=torch.float32), shifts, strength)
+
+
+def _summed_changes(shifts: TokenShifts, conditions, tokens, rows, control_rows, n_times):
+    """The sum of the tokens' offset changes of every training combination whose tokens were all measured alone.
+
+    Returns the sums ``(n_eligible, n_genes)`` and the eligible groups (boolean over ``conditions``):
+    combinations of at least two tokens, in a row with control cells, each token measured alone
+    at the same time point (in any context). A token whose change was derived from a combination
+    is not eligible: that combination would reproduce itself exactly.
+    """
+    token_id = {t: i for i, t in enumerate(tokens)}
+    table, measured = shifts.table.numpy(), shifts.measured.numpy()
+    alone_at_time = measured.reshape(-1, n_times, measured.shape[1]).any(axis=0)  # (n_times, n_tokens)
+    eligible = np.zeros(len(conditions), dtype=bool)
+    sums = []
+    for i, (condition, row) in enumerate(zip(conditions, rows)):
+        ids = [token_id.get(t, -1) for t in condition.tokens]
+        if len(ids) < 2 or row not in control_rows or min(ids) < 0 or not alone_at_time[row % n_times, ids].all():
+            continue
+        eligible[i] = True
+        sums.append(sum(d * table[row, t] for t, d in zip(ids, condition.doses)))
+    return (np.stack(sums) if sums else np.zeros((0, table.shape[2]))), eligible
+
+
+def choose_combination_scale(
+    observed: np.ndarray,
+    expected: np.ndarray,
+    control: np.ndarray,
+    summed: np.ndarray,
+    scales: Sequence[float] = COMBINATION_SCALES,
+) -> float:
+    """The factor on summed offset changes that best predicts measured combinations' counts.
+
+    An unseen combination's offset is its control cells' plus the sum of its tokens' changes.
+    Whether a sum carries over to combinations (or over- or undershoots, as when the tokens'
+    changes correct one shared error of the decoder twice) is a property of the data, so it is
+    chosen on the training combinations whose tokens were all measured alone: for each, the
+    sum comes from other cells (the singles), and its own counts score it.
+
+    Parameters
+    ----------
+    observed, expected
+        ``(n, n_genes)`` observed counts and the decoder's expected counts summed over the cells
+        of each such combination.
+    control
+        ``(n, n_genes)`` the offsets of its row's control cells.
+    summed
+        ``(n, n_genes)`` the dose-weighted sum of its tokens' offset changes.
+    scales
+        Candidates.
+
+    Returns
+    -------
+    float
+        The candidate ``s`` of the highest Poisson log-likelihood of the observed counts with
+        means ``expected * exp(control + s * summed)``, summed over combinations and genes; 1
+        (plain arithmetic) with fewer than :data:`MIN_COMBINATIONS` combinations.
+    """
+    if len(observed) < MIN_COMBINATIONS:
+        return 1.0
+    scores = [_poisson_log_likelihood(observed, expected * np.exp(control + s * summed)) for s in scales]
+    return float(scales[int(np.argmax(scores))])
+
+
+def _poisson_log_likelihood(counts: np.ndarray, mean: np.ndarray) -> float:
+    """``sum(counts * log(mean) - mean)`` (the terms that depend on the mean)."""
+    return float(np.sum(np.where(counts > 0, counts * np.log(np.maximum(mean, 1e-300)), 0.0) - mean))
 
 
 def _count_sums(vae, matrix, group, n_groups, posterior, batch, generator) -> tuple[np.ndarray, np.ndarray]:
@@ -187,7 +265,6 @@ def choose_prior_strength(
         score = 0.0
         for held, used in ((0, 1), (1, 0)):
             mean = expected[:, held] * (observed[:, used] + a) / (expected[:, used] + a)
-            counts = observed[:, held]
-            score += float(np.sum(np.where(counts > 0, counts * np.log(np.maximum(mean, 1e-300)), 0.0) - mean))
+            score += _poisson_log_likelihood(observed[:, held], mean)
         scores.append(score)
     return float(strengths[int(np.argmax(scores))])

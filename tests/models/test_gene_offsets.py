@@ -14,7 +14,7 @@ import cellflow as cf
 from cellflow.evaluation._harness import _gene_offset, _reconstruct
 from cellflow.evaluation._latent import LatentArithmeticBaseline
 from cellflow.pp._conditions import parse_condition
-from cellflow.train import PRIOR_STRENGTHS, choose_prior_strength
+from cellflow.train import COMBINATION_SCALES, PRIOR_STRENGTHS, choose_combination_scale, choose_prior_strength
 
 SPIKES = {"G0014": 3, "G0026": 2}  # token -> gene column whose counts its cells have FOLD times
 FOLD = 4
@@ -58,6 +58,7 @@ def test_an_unseen_combination_is_offset_by_the_control_plus_its_tokens_changes(
     _, model = spiked
     offsets = model.module.gene_offsets
     assert offsets is not None and offsets.prior_strength in PRIOR_STRENGTHS
+    assert offsets.shifts.combination_scale == 1.0  # two training combinations: too few to choose another factor
     expected = _offset(model, "G0014") + _offset(model, "G0026") - _offset(model, "control")
     torch.testing.assert_close(_offset(model, HELD_OUT), expected, atol=1e-5, rtol=0)
 
@@ -129,3 +130,52 @@ def test_prior_strength_is_strong_without_effects_and_weak_with_large_ones():
     factor = np.exp(rng.normal(0.0, 1.0, (20, 1, 300)))
     expected = np.full((20, 2, 300), 2000.0)
     assert choose_prior_strength(rng.poisson(expected * factor).astype(float), expected) <= 3.0
+
+
+QUIET_GENE = 33  # the gene this screen's perturbations change least (|log fold change| < 0.15)
+
+
+def _screen_with_a_spike_in_every_perturbed_cell(combined: str):
+    """Every perturbed cell has FOLD times a quiet gene's counts per token ("additive") or once for any ("shared")."""
+    adata = cf.datasets.simulate_perturbseq(
+        n_cells=2000, n_genes=40, n_cell_types=1, n_perturbations=4, n_combinations=5, seed=5
+    )
+    counts = adata.X.toarray()
+    labels = adata.obs["perturbation"].astype(str)
+    n_tokens = np.where(labels == "control", 0, labels.str.count(r"\+") + 1)
+    counts[:, QUIET_GENE] *= float(FOLD) ** (n_tokens if combined == "additive" else np.minimum(n_tokens, 1))
+    adata.X = type(adata.X)(counts)
+    return adata
+
+
+@pytest.mark.parametrize(("combined", "scale"), [("shared", 0.5), ("additive", 1.0)])
+def test_the_training_combinations_choose_how_an_unseen_ones_offsets_add_up(combined, scale, tmp_path):
+    """Four training doubles of measured singles show whether single-gene effects add up; the fifth follows."""
+    adata = _screen_with_a_spike_in_every_perturbed_cell(combined)
+    held_out = sorted(label for label in adata.obs["perturbation"].astype(str).unique() if "+" in label)[0]
+    train = adata[adata.obs["perturbation"].astype(str) != held_out].copy()
+    cf.pp.setup(train, perturbation_key="perturbation", control="control")
+    model = cf.CellFlow(train, latent_dim=2, backbone_kwargs={"hidden_dim": 64, "n_blocks": 1}, seed=0)
+    model.train(vae_epochs=15, flow_steps=150, reflow_rounds=0, progress_bar=False, accelerator="cpu")
+    assert model.history["gene_offset_combination_scale"] == scale
+    first, second = held_out.split("+")
+    changes = _offset(model, first) + _offset(model, second) - 2 * _offset(model, "control")
+    torch.testing.assert_close(_offset(model, held_out), _offset(model, "control") + scale * changes, atol=1e-5, rtol=0)
+    generated = cf.tl.generate(model, conditions=["control", held_out], n_cells=1500, seed=0)
+    real = _normalised_mean(adata, held_out, QUIET_GENE) / _normalised_mean(adata, "control", QUIET_GENE)
+    ours = _normalised_mean(generated, held_out, QUIET_GENE) / _normalised_mean(generated, "control", QUIET_GENE)
+    assert real > (10 if combined == "additive" else 3) and real < (FOLD**2 if combined == "additive" else FOLD + 1)
+    assert ours == pytest.approx(real, rel=0.25), (ours, real)
+    model.save(tmp_path / "model")
+    assert cf.CellFlow.load(tmp_path / "model").module.gene_offsets.shifts.combination_scale == scale
+
+
+def test_combination_scale_is_the_factor_the_combinations_counts_show():
+    rng = np.random.default_rng(0)
+    expected = np.full((6, 300), 500.0)
+    control, summed = rng.normal(0.0, 0.1, (6, 300)), rng.normal(0.0, 1.0, (6, 300))
+    for truth in (0.0, 0.5, 1.0, 1.5):
+        observed = rng.poisson(expected * np.exp(control + truth * summed)).astype(float)
+        assert choose_combination_scale(observed, expected, control, summed) == truth
+    assert choose_combination_scale(observed[:2], expected[:2], control[:2], summed[:2]) == 1.0  # too few
+    assert 1.0 in COMBINATION_SCALES and 0.0 in COMBINATION_SCALES
