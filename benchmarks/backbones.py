@@ -82,6 +82,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--held-out", type=int, default=4, help="held-out combinations of the simulated tasks")
     parser.add_argument("--latent-dim", type=int, default=16)
     parser.add_argument("--source-shift", default="additive", choices=["additive", "none"])
+    parser.add_argument(
+        "--combination-offsets",
+        default="sum",
+        choices=["sum", "fit"],
+        help="how an unseen combination's gene offsets add up (cf.CellFlow's combination_offsets; default: sum)",
+    )
     parser.add_argument("--backbone-kwargs", type=json.loads, default={}, help="JSON, e.g. '{\"mamba\": {...}}'")
     parser.add_argument("--norman-data", type=Path, default=None, help="the Norman subset (.h5ad)")
     parser.add_argument("--out", type=Path, default=None, help="directory for results.csv")
@@ -183,6 +189,7 @@ def train_backbones(task: Task, args: argparse.Namespace) -> tuple[dict, float]:
             latent_dim=args.latent_dim,
             source_shift=args.source_shift,
             backbone_kwargs=args.backbone_kwargs.get(backbone, {}),
+            combination_offsets=args.combination_offsets,
             seed=args.seed,
         )
         if first is None:
@@ -191,7 +198,9 @@ def train_backbones(task: Task, args: argparse.Namespace) -> tuple[dict, float]:
         else:
             model.use_vae(first)
         model.train_flow(steps=args.flow_steps, progress_bar=False)
-        print(f"  {backbone}: flow {model.history['flow_seconds']:.0f} s", flush=True)
+        scale = model.history.get("gene_offset_combination_scale")
+        offsets = "" if scale is None else f", gene offsets of unseen combinations x{scale:g} of their sum"
+        print(f"  {backbone}: flow {model.history['flow_seconds']:.0f} s{offsets}", flush=True)
         models[backbone] = model
     return models, first.history["vae_seconds"]
 

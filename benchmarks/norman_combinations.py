@@ -96,6 +96,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-gene-offsets", action="store_true", help="decode without gene offsets (cellflow's default: with)"
     )
+    parser.add_argument(
+        "--combination-offsets",
+        default="sum",
+        choices=["sum", "fit"],
+        help="how an unseen combination's gene offsets add up (cf.CellFlow's combination_offsets; default: sum)",
+    )
     parser.add_argument("--backbone-kwargs", type=json.loads, default={}, help="JSON, e.g. '{\"hidden_dim\": 512}'")
     parser.add_argument(
         "--predicted-cells",
@@ -190,6 +196,7 @@ def train_and_score(adata, frame, train, held_out, baselines, args, seed: int, s
         backbone_kwargs=args.backbone_kwargs,
         vae_kl_weight=args.vae_kl_weight,
         gene_offsets=not args.no_gene_offsets,
+        combination_offsets=args.combination_offsets,
         seed=seed,
         preset=args.preset,
     )
@@ -245,6 +252,7 @@ def train_and_score(adata, frame, train, held_out, baselines, args, seed: int, s
         model.save(save_to, overwrite=True)
     results["seed"] = seed
     results["flow_final_loss"] = model.history.get("flow_final_loss", np.nan)
+    results["combination_offsets"] = args.combination_offsets
     results["gene_offset_combination_scale"] = model.history.get("gene_offset_combination_scale", np.nan)
     return results
 
@@ -407,7 +415,16 @@ def results_page_section(results: pd.DataFrame, args: argparse.Namespace) -> Non
     name = "norman_combinations" + ("" if args.vae_kl_weight == 1.0 else f"-kl{args.vae_kl_weight:g}")
     name += "" if args.preset == "default" else f"-{args.preset}"
     name += "-leave-one-out" if args.leave_one_out is not None else ""
+    name += "-fit-combinations" if _combination_offsets(results) == "fit" else ""
     write_results_section(name, "\n\n".join(parts))
+
+
+def _combination_offsets(results: pd.DataFrame) -> str:
+    """The runs' ``combination_offsets`` ("sum" for runs written before it was recorded); exits if they differ."""
+    values = set(results["combination_offsets"].fillna("sum")) if "combination_offsets" in results else {"sum"}
+    if len(values) > 1:
+        sys.exit(f"--report: the runs used different combination_offsets ({', '.join(sorted(values))}); join alike.")
+    return values.pop()
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
@@ -460,7 +477,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         f"source_shift={args.source_shift} reflow_rounds={args.reflow_rounds} "
         f"pooling={args.pooling} backbone_kwargs={args.backbone_kwargs} vae_epochs={args.vae_epochs} "
         f"vae_batch_size={args.vae_batch_size} vae_kl_weight={args.vae_kl_weight} "
-        f"gene_offsets={not args.no_gene_offsets}; seeds {seeds}"
+        f"gene_offsets={not args.no_gene_offsets} combination_offsets={args.combination_offsets}; seeds {seeds}"
     )
 
     runs = []

@@ -3,11 +3,12 @@
 An unseen combination is offset by the control cells' gene offsets plus the sum of its tokens'
 changes of them (:class:`~cellflow.flow.GeneOffsets`). This script trains one model per preset
 and seed on the split of ``norman_combinations.py`` and scores the five held-out doubles (as many
-predicted cells as real ones, one draw) with the tokens' changes scaled by 1 (the library), 0.5
-and 0 (the control cells' offsets only), and without any offsets; the weights and the draws are
-the same in every row. It is a diagnostic, not a way to choose the scale: the held-out doubles are
-what it scores, and the Norman training cells hold no double whose singles were measured, so no
-choice can be made on training cells alone here.
+predicted cells as real ones, one draw) with the tokens' summed changes scaled by 1 (what the
+library keeps on this split), 0.5 and 0 (the control cells' offsets only), and without any
+offsets; the weights and the draws are the same in every row. It is a diagnostic, not a way to
+choose the scale: the held-out doubles are what it scores. The library chooses the scale on
+training doubles whose singles were measured (``combination_scale``), and the Norman training
+cells of this split hold none.
 
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python -u benchmarks/offset_combinations.py --preset P --seed S --out DIR``
 per preset and seed, then ``--report DIR1/results.csv ... --results-page`` (section ``offset_combinations``).
@@ -75,9 +76,9 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
 
 
 def _scaled(offsets, scale: float):
-    """The offsets with every token's change (so every combination's sum of them) multiplied by ``scale``."""
+    """The offsets with an unseen combination's summed changes multiplied by ``scale`` (its ``combination_scale``)."""
     scaled = copy.deepcopy(offsets)
-    scaled.shifts.table = scaled.shifts.table * scale
+    scaled.shifts.combination_scale = scale
     return scaled
 
 

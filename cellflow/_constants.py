@@ -10,6 +10,7 @@ MIN_CONTROL_CELLS = 10  # fewer control cells cannot anchor a source distributio
 LIKELIHOODS = ("nb", "zinb", "poisson", "normal")  # scvi-tools' gene likelihoods cellflow supports
 SOURCES = ("control", "noise")  # where the flow starts
 SOURCE_SHIFTS = ("measured", "additive", "none")  # where it starts relative to latent arithmetic
+COMBINATION_OFFSETS = ("sum", "fit")  # how an unseen combination's gene offsets add up
 TOKEN_EMBEDDINGS = ("learned", "expression", "table")
 POOLINGS = ("sum", "mean", "attention")
 SOLVER_METHODS = ("euler", "heun", "rk4", "dopri5")  # fixed-step ones first; dopri5 is adaptive

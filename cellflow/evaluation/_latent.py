@@ -75,6 +75,7 @@ class LatentArithmeticBaseline(Baseline):
                 len(context_names),
                 self.tokens,
                 mode="additive",
+                combinations=self.model.config.combination_offsets,
             )
         self.missing_singles: dict[str, list[str]] = {}
         return self

@@ -4,9 +4,8 @@ The decoder maps a low-dimensional latent to every gene's expected counts, so th
 of a condition's cells misses part of its effect on single genes, and is biased even on control
 cells. Each condition of the training cells gets a per-gene correction of the decoder's
 expected counts on the log scale; an unseen combination takes the control cells' correction
-plus the sum of its tokens' changes of it, as its latent shift is the sum of its tokens',
-times a factor chosen on the training combinations whose tokens were measured alone (1, the
-plain sum, where there are too few).
+plus the sum of its tokens' changes of it, as its latent shift is the sum of its tokens'
+(optionally times a factor chosen on the training combinations whose tokens were measured alone).
 """
 
 from __future__ import annotations

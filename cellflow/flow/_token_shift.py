@@ -47,8 +47,9 @@ class TokenShifts:
         used instead of the sum of singles wherever a query matches one exactly.
     combination_scale
         Factor on the summed shift of a query of several tokens that matches no measured
-        condition (1: plain arithmetic). Gene offsets choose it on the training combinations
-        (:func:`~cellflow.train.choose_combination_scale`); latent shifts keep 1.
+        condition (1: plain arithmetic). Gene offsets can choose it on the training combinations
+        (``combination_offsets="fit"``, :func:`~cellflow.train.choose_combination_scale`);
+        latent shifts keep 1.
     """
 
     table: torch.Tensor

@@ -93,6 +93,15 @@ class CellFlow(TrainingMixin):
         prior whose strength is chosen on halves of the training cells). An unseen combination
         takes the control cells' correction plus the sum of its tokens' changes of it
         (:class:`~cellflow.flow.GeneOffsets`).
+    combination_offsets
+        With gene offsets, how an unseen combination's add up. ``"sum"`` (the default): the
+        control cells' correction plus the sum of its tokens' changes. ``"fit"``: that sum times
+        the factor (0 to 1.5) that best predicts the counts of the training combinations whose
+        tokens were each measured alone, where there are at least three (else 1); recorded in
+        ``history["gene_offset_combination_scale"]``. Two tokens' changes can correct one shared
+        miss of the decoder twice, so a sum can overshoot; but offsets fitted at the real cells'
+        latents also make up for a predicted latent that falls short, so a smaller factor can
+        lose what the sum recovered. The results page measures both on real and simulated screens.
     token_embedding
         How perturbation tokens are embedded: ``"learned"`` (a vector per token seen in
         training), ``"expression"`` (the perturbed gene's co-expression profile in control
@@ -153,6 +162,7 @@ class CellFlow(TrainingMixin):
         source: str = "control",
         source_shift: str | None = None,
         gene_offsets: bool | None = None,
+        combination_offsets: str = "sum",
         token_embedding: str | pd.DataFrame = "learned",
         cond_dim: int = 128,
         pooling: str = "sum",
@@ -193,6 +203,7 @@ class CellFlow(TrainingMixin):
             vae_kl_weight=vae_kl_weight,
             seed=seed,
             time_scale=time_scale(adata, setup),
+            combination_offsets=combination_offsets,
         )
         check_model_inputs(adata, setup, config)
         conditions = setup_conditions(adata, setup)

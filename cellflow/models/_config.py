@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .._constants import LIKELIHOODS, POOLINGS, SOURCE_SHIFTS, SOURCES, TOKEN_EMBEDDINGS
+from .._constants import COMBINATION_OFFSETS, LIKELIHOODS, POOLINGS, SOURCE_SHIFTS, SOURCES, TOKEN_EMBEDDINGS
 
 
 @dataclass
@@ -31,6 +31,11 @@ class CellFlowConfig:
     gene_offsets
         Correct the decoder's expected counts per gene and condition
         (:class:`~cellflow.flow.GeneOffsets`; count likelihoods only).
+    combination_offsets
+        How an unseen combination's gene offsets add up: ``"sum"`` (the control cells' plus the
+        sum of its tokens' changes) or ``"fit"`` (that sum times a factor chosen on the training
+        combinations of measured singles). Absent from checkpoints written before it existed,
+        which mean ``"sum"``.
     token_embedding
         ``"learned"``, ``"expression"`` (co-expression profile of the perturbed gene in
         control cells) or ``"table"`` (a user table).
@@ -67,6 +72,7 @@ class CellFlowConfig:
     vae_kl_weight: float
     seed: int
     time_scale: float
+    combination_offsets: str = "sum"
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -82,6 +88,8 @@ class CellFlowConfig:
                 "gene_offsets=True corrects expected counts; likelihood='normal' models log-normalised data. "
                 "Use gene_offsets=False, or a count likelihood on counts."
             )
+        if self.combination_offsets not in COMBINATION_OFFSETS:
+            raise ValueError(f"combination_offsets={self.combination_offsets!r} must be one of {COMBINATION_OFFSETS}.")
         if self.token_embedding not in TOKEN_EMBEDDINGS:
             raise ValueError(
                 f"token_embedding={self.token_embedding!r} must be 'learned', 'expression' or a pandas DataFrame "

@@ -42,6 +42,8 @@ from ._config import CellFlowConfig
 
 FORMAT_VERSION = 5  # 4: library shifts and the control cells' posterior sds; 5: gene offsets
 CONFIG_FILE = "config.json"
+ADDED_LATER = frozenset({"combination_offsets"})
+"""Configuration fields newer than the format: older checkpoints of the format lack them and mean their defaults."""
 _WEIGHTS_NAME = re.compile(r"weights-[0-9a-f]{16}\.safetensors")
 _PARTS = ("vae", "encoder", "backbone", "reference", "shift", "library_shift", "gene_offset")
 # config.json: key -> type of its value (None allowed where the tuple holds type(None)).
@@ -257,9 +259,12 @@ def _read_weights(path: Path, meta: dict) -> dict:
 
 
 def _fields(meta: dict, key: str, cls, path: Path) -> dict:
-    """``meta[key]`` as keyword arguments of the dataclass ``cls``, with missing or unknown keys named."""
+    """``meta[key]`` as keyword arguments of the dataclass ``cls``, with missing or unknown keys named.
+
+    Only the fields of :data:`ADDED_LATER` may be absent (their defaults are what older checkpoints meant).
+    """
     entry, names = meta[key], {f.name for f in fields(cls)}
-    missing = sorted(f.name for f in fields(cls) if f.name not in entry and f.init)
+    missing = sorted(f.name for f in fields(cls) if f.name not in entry and f.init and f.name not in ADDED_LATER)
     unknown = sorted(set(entry) - names)
     if unknown or missing:
         raise CheckpointError(f"{path / CONFIG_FILE}: '{key}' lacks {missing} or has unknown keys {unknown}.")

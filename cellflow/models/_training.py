@@ -220,6 +220,7 @@ class TrainingMixin:
                 self._conditions,
                 self.codec.tokens,
                 seed=cfg.seed,
+                combinations=cfg.combination_offsets,
             )
             self.history["gene_offset_prior_strength"] = strength
             self.history["gene_offset_combination_scale"] = self.module.gene_offsets.shifts.combination_scale

@@ -38,11 +38,13 @@ def fit_gene_offsets(
     tokens: Sequence[str],
     *,
     seed: int,
+    combinations: str = "sum",
 ) -> float:
     """Give ``module`` its gene offsets (:func:`gene_offsets_from_cells`); returns the prior strength chosen.
 
     A measured condition gets its own offset (``mode="measured"``); over time (a backbone over
     time) the offsets are estimated at each time point and add up as the latent shifts do.
+    ``combinations``: how an unseen combination's add up (see :func:`gene_offsets_from_cells`).
     """
     time_code = design.time_code if module.over_time else None
     module.gene_offsets = gene_offsets_from_cells(
@@ -59,6 +61,7 @@ def fit_gene_offsets(
         mode="additive" if module.over_time else "measured",
         seed=seed,
         features=module.token_features,
+        combinations=combinations,
     )
     return module.gene_offsets.prior_strength
 
@@ -78,6 +81,7 @@ def gene_offsets_from_cells(
     mode: str = "measured",
     seed: int = 0,
     features: np.ndarray | None = None,
+    combinations: str = "sum",
 ) -> GeneOffsets:
     """Estimate :class:`~cellflow.flow.GeneOffsets` from cells with their counts.
 
@@ -86,9 +90,7 @@ def gene_offsets_from_cells(
     ``time_code``, at each time point), separately for two random halves of each group. The
     prior strength is the one of :data:`PRIOR_STRENGTHS` whose offsets from one half best
     predict the other half's counts (:func:`choose_prior_strength`): a choice made on these
-    cells alone. The offsets are then estimated on whole groups. The factor on an unseen
-    combination's summed changes is the one that best predicts the counts of the training
-    combinations whose tokens were all measured alone (:func:`choose_combination_scale`).
+    cells alone. The offsets are then estimated on whole groups.
 
     Parameters
     ----------
@@ -121,7 +123,14 @@ def gene_offsets_from_cells(
     features
         ``(n_tokens, F)`` token features: the offsets of a token measured nowhere are predicted
         from them (as :meth:`~cellflow.flow.TokenShifts.from_cells`); ``None``: no change.
+    combinations
+        ``"sum"``: an unseen combination takes the control cells' offsets plus the sum of its
+        tokens' changes. ``"fit"``: that sum times the factor that best predicts the counts of
+        the training combinations whose tokens were all measured alone
+        (:func:`choose_combination_scale`; ``shifts.combination_scale`` of the result).
     """
+    if combinations not in ("sum", "fit"):
+        raise ValueError(f"combinations={combinations!r} must be 'sum' or 'fit'.")
     context = np.asarray(context, dtype=np.int64)
     time_code = np.zeros(len(context), dtype=np.int64) if time_code is None else np.asarray(time_code, np.int64)
     keys = pd.Series([(c.tokens, c.doses) for c in conditions], dtype=object)
@@ -149,9 +158,10 @@ def gene_offsets_from_cells(
     control = np.zeros((n_contexts * n_times, n_genes))
     is_control = np.array([c.is_control for c in group_conditions])
     control[rows[is_control]] = offsets[is_control]
-    summed, eligible = _summed_changes(shifts, group_conditions, tokens, rows, set(rows[is_control]), n_times)
-    totals = observed.sum(axis=1)[eligible], expected.sum(axis=1)[eligible]
-    shifts.combination_scale = choose_combination_scale(*totals, control[rows[eligible]], summed)
+    if combinations == "fit":
+        summed, eligible = _summed_changes(shifts, group_conditions, tokens, rows, set(rows[is_control]), n_times)
+        totals = observed.sum(axis=1)[eligible], expected.sum(axis=1)[eligible]
+        shifts.combination_scale = choose_combination_scale(*totals, control[rows[eligible]], summed)
     return GeneOffsets(torch.as_tensor(control, dtype=torch.float32), shifts, strength)
 
 
@@ -208,13 +218,21 @@ def choose_combination_scale(
     -------
     float
         The candidate ``s`` of the highest Poisson log-likelihood of the observed counts with
-        means ``expected * exp(control + s * summed)``, summed over combinations and genes; 1
-        (plain arithmetic) with fewer than :data:`MIN_COMBINATIONS` combinations.
+        means ``expected * exp(control + s * summed)``, rescaled to the expected total of each
+        combination as generation rescales each cell's (the offsets move counts between genes,
+        not the library size), summed over combinations and genes (of equally likely ones, the
+        nearest to 1); 1 (plain arithmetic) with fewer than :data:`MIN_COMBINATIONS` combinations.
     """
     if len(observed) < MIN_COMBINATIONS:
         return 1.0
-    scores = [_poisson_log_likelihood(observed, expected * np.exp(control + s * summed)) for s in scales]
-    return float(scales[int(np.argmax(scores))])
+
+    def mean(scale: float) -> np.ndarray:
+        moved = expected * np.exp(control + scale * summed)
+        return moved * (expected.sum(axis=1, keepdims=True) / moved.sum(axis=1, keepdims=True))
+
+    scores = np.array([_poisson_log_likelihood(observed, mean(s)) for s in scales])
+    best = np.flatnonzero(scores == scores.max())
+    return float(min((scales[i] for i in best), key=lambda s: abs(s - 1.0)))
 
 
 def _poisson_log_likelihood(counts: np.ndarray, mean: np.ndarray) -> float:

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import cellflow as cf
-from cellflow.models._persistence import CheckpointError
+from cellflow.models._config import CellFlowConfig
+from cellflow.models._persistence import CheckpointError, _fields
 
 GENERATE = {"conditions": ["control"], "n_cells": 10, "covariates": {"cell_type": "type_0"}, "seed": 0}
 
@@ -38,8 +39,9 @@ def _weights(path):
         lambda m: m["sampling"].__setitem__("reflow_rounds", 0),
         lambda m: m["flow_training"].__setitem__("cells_per_group", 3),  # what reflow() after loading would use
         lambda m: m["dose_range"].__setitem__(1, 10.0),
+        lambda m: m["model"].__setitem__("combination_offsets", "fit"),  # the offsets were estimated as a sum
     ],
-    ids=["genes", "tokens", "contexts", "likelihood", "sampling", "flow_training", "dose_range"],
+    ids=["genes", "tokens", "contexts", "likelihood", "sampling", "flow_training", "dose_range", "combinations"],
 )
 def test_an_edited_configuration_is_refused(saved, change):
     _edit(saved, change)
@@ -64,6 +66,16 @@ def test_missing_unknown_and_mistyped_keys_are_named(saved):
     (saved / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):
         cf.CellFlow.load(saved)
+
+
+def test_only_a_field_added_later_may_be_absent(saved):
+    """A checkpoint written before ``combination_offsets`` existed meant a plain sum; any other gap is refused."""
+    entry = json.loads((saved / "config.json").read_text())["model"]
+    del entry["combination_offsets"]
+    assert CellFlowConfig(**_fields({"model": entry}, "model", CellFlowConfig, saved)).combination_offsets == "sum"
+    del entry["seed"]
+    with pytest.raises(CheckpointError, match=r"lacks \['seed'\]"):
+        _fields({"model": entry}, "model", CellFlowConfig, saved)
 
 
 def test_truncated_weights_are_refused_with_the_path(saved):

@@ -58,7 +58,7 @@ def test_an_unseen_combination_is_offset_by_the_control_plus_its_tokens_changes(
     _, model = spiked
     offsets = model.module.gene_offsets
     assert offsets is not None and offsets.prior_strength in PRIOR_STRENGTHS
-    assert offsets.shifts.combination_scale == 1.0  # two training combinations: too few to choose another factor
+    assert offsets.shifts.combination_scale == 1.0  # the default adds the changes up
     expected = _offset(model, "G0014") + _offset(model, "G0026") - _offset(model, "control")
     torch.testing.assert_close(_offset(model, HELD_OUT), expected, atol=1e-5, rtol=0)
 
@@ -148,15 +148,26 @@ def _screen_with_a_spike_in_every_perturbed_cell(combined: str):
     return adata
 
 
+def _fitted_on_all_but_one_double(adata, combination_offsets: str):
+    held_out = sorted(label for label in adata.obs["perturbation"].astype(str).unique() if "+" in label)[0]
+    train = adata[adata.obs["perturbation"].astype(str) != held_out].copy()
+    cf.pp.setup(train, perturbation_key="perturbation", control="control")
+    model = cf.CellFlow(
+        train,
+        latent_dim=2,
+        backbone_kwargs={"hidden_dim": 64, "n_blocks": 1},
+        combination_offsets=combination_offsets,
+        seed=0,
+    )
+    model.train(vae_epochs=15, flow_steps=150, reflow_rounds=0, progress_bar=False, accelerator="cpu")
+    return model, held_out
+
+
 @pytest.mark.parametrize(("combined", "scale"), [("shared", 0.5), ("additive", 1.0)])
 def test_the_training_combinations_choose_how_an_unseen_ones_offsets_add_up(combined, scale, tmp_path):
     """Four training doubles of measured singles show whether single-gene effects add up; the fifth follows."""
     adata = _screen_with_a_spike_in_every_perturbed_cell(combined)
-    held_out = sorted(label for label in adata.obs["perturbation"].astype(str).unique() if "+" in label)[0]
-    train = adata[adata.obs["perturbation"].astype(str) != held_out].copy()
-    cf.pp.setup(train, perturbation_key="perturbation", control="control")
-    model = cf.CellFlow(train, latent_dim=2, backbone_kwargs={"hidden_dim": 64, "n_blocks": 1}, seed=0)
-    model.train(vae_epochs=15, flow_steps=150, reflow_rounds=0, progress_bar=False, accelerator="cpu")
+    model, held_out = _fitted_on_all_but_one_double(adata, "fit")
     assert model.history["gene_offset_combination_scale"] == scale
     first, second = held_out.split("+")
     changes = _offset(model, first) + _offset(model, second) - 2 * _offset(model, "control")
@@ -167,7 +178,21 @@ def test_the_training_combinations_choose_how_an_unseen_ones_offsets_add_up(comb
     assert real > (10 if combined == "additive" else 3) and real < (FOLD**2 if combined == "additive" else FOLD + 1)
     assert ours == pytest.approx(real, rel=0.25), (ours, real)
     model.save(tmp_path / "model")
-    assert cf.CellFlow.load(tmp_path / "model").module.gene_offsets.shifts.combination_scale == scale
+    loaded = cf.CellFlow.load(tmp_path / "model")
+    assert loaded.module.gene_offsets.shifts.combination_scale == scale
+    assert loaded.config.combination_offsets == "fit"
+
+
+def test_by_default_an_unseen_combination_adds_its_tokens_changes_up():
+    adata = _screen_with_a_spike_in_every_perturbed_cell("shared")
+    model, held_out = _fitted_on_all_but_one_double(adata, "sum")
+    assert model.history["gene_offset_combination_scale"] == 1.0
+    first, second = held_out.split("+")
+    changes = _offset(model, first) + _offset(model, second) - 2 * _offset(model, "control")
+    torch.testing.assert_close(_offset(model, held_out), _offset(model, "control") + changes, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="combination_offsets='mean' must be one of"):
+        cf.pp.setup(adata, perturbation_key="perturbation", control="control")
+        cf.CellFlow(adata, combination_offsets="mean")
 
 
 def test_combination_scale_is_the_factor_the_combinations_counts_show():
@@ -178,4 +203,5 @@ def test_combination_scale_is_the_factor_the_combinations_counts_show():
         observed = rng.poisson(expected * np.exp(control + truth * summed)).astype(float)
         assert choose_combination_scale(observed, expected, control, summed) == truth
     assert choose_combination_scale(observed[:2], expected[:2], control[:2], summed[:2]) == 1.0  # too few
+    assert choose_combination_scale(observed, expected, control, np.zeros_like(summed)) == 1.0  # nothing to scale
     assert 1.0 in COMBINATION_SCALES and 0.0 in COMBINATION_SCALES
