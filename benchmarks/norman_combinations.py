@@ -383,10 +383,15 @@ def results_page_section(results: pd.DataFrame, args: argparse.Namespace) -> Non
     seeds = sorted(results["seed"].unique())
     draws = results["draw"].nunique()
     loo = (results["fold"] != "all").any()
+    combinations = _combination_offsets(results)
+    if combinations == "fit":
+        scales = results.groupby(["fold", "seed"])["gene_offset_combination_scale"].first().value_counts().sort_index()
+        chosen = ", ".join(f"{scale:g} in {count}" for scale, count in scales.items())
+        combinations += f" (factors chosen: {chosen} of the {scales.sum()} models)"
     parts = [
         provenance(
             f"Held out: {', '.join(sorted(results['condition'].unique()))}; preset {args.preset}; "
-            f"VAE KL weight {args.vae_kl_weight:g}; "
+            f"VAE KL weight {args.vae_kl_weight:g}; gene offsets of unseen combinations: {combinations}; "
             f"seeds {', '.join(str(s) for s in seeds)}; {draws} draw(s) of every prediction"
             + ("; one double held out at a time (a model per double and seed). " if loo else ". ")
             + "Mean over the draws and the held-out doubles, then "
@@ -415,7 +420,7 @@ def results_page_section(results: pd.DataFrame, args: argparse.Namespace) -> Non
     name = "norman_combinations" + ("" if args.vae_kl_weight == 1.0 else f"-kl{args.vae_kl_weight:g}")
     name += "" if args.preset == "default" else f"-{args.preset}"
     name += "-leave-one-out" if args.leave_one_out is not None else ""
-    name += "-fit-combinations" if _combination_offsets(results) == "fit" else ""
+    name += "-fit-combinations" if combinations.startswith("fit") else ""
     write_results_section(name, "\n\n".join(parts))
 
 

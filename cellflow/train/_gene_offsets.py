@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .._constants import COMBINATION_OFFSETS
 from ..flow import FlowModule, GeneOffsets, TokenShifts, time_resolved_shifts
 from ..pp._conditions import Condition
 from ..vae import LatentVAE
@@ -129,8 +130,8 @@ def gene_offsets_from_cells(
         the training combinations whose tokens were all measured alone
         (:func:`choose_combination_scale`; ``shifts.combination_scale`` of the result).
     """
-    if combinations not in ("sum", "fit"):
-        raise ValueError(f"combinations={combinations!r} must be 'sum' or 'fit'.")
+    if combinations not in COMBINATION_OFFSETS:
+        raise ValueError(f"combinations={combinations!r} must be one of {COMBINATION_OFFSETS}.")
     context = np.asarray(context, dtype=np.int64)
     time_code = np.zeros(len(context), dtype=np.int64) if time_code is None else np.asarray(time_code, np.int64)
     keys = pd.Series([(c.tokens, c.doses) for c in conditions], dtype=object)
