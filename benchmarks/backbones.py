@@ -53,7 +53,16 @@ TASKS = ("combinations", "time_course", "norman")
 BASELINES = ("vae_reconstruction", "additive", "control", "noise_floor")
 TIME = "time"
 LATE = 2  # the late time points of a time course: its last two
-SETTINGS = ("flow_steps", "vae_epochs", "cells", "genes", "held_out", "latent_dim", "source_shift")
+SETTINGS = (
+    "flow_steps",
+    "vae_epochs",
+    "cells",
+    "genes",
+    "held_out",
+    "latent_dim",
+    "source_shift",
+    "combination_offsets",
+)
 
 
 @dataclass
@@ -373,10 +382,15 @@ def report(args: argparse.Namespace) -> pd.DataFrame:
             f"(Pearson delta, top-20 genes) higher; late wins: seeds in which the backbone's energy distance over the "
             f"last {LATE} time points is below the additive baseline's."
         )
-        write_results_section(
-            "backbones-seeds", f"{intro}\n\n{markdown_table(table.rename_axis('method'), index=True)}"
-        )
+        section = "backbones-seeds" + _fit_suffix(results)
+        write_results_section(section, f"{intro}\n\n{markdown_table(table.rename_axis('method'), index=True)}")
     return table
+
+
+def _fit_suffix(results: pd.DataFrame) -> str:
+    """``-fit-combinations`` for runs with ``--combination-offsets fit`` (their own results section), else ``""``."""
+    fitted = "combination_offsets" in results and (results["combination_offsets"] == "fit").any()
+    return "-fit-combinations" if fitted else ""
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
@@ -421,7 +435,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             f"Seed {args.seed}, {args.flow_steps} flow steps; mean over the held-out conditions x contexts; energy "
             "distance lower is better, pd_top20 (Pearson delta, top-20 genes) higher."
         )
-        write_results_section("backbones", "\n\n".join([intro, *page]))
+        write_results_section("backbones" + _fit_suffix(results), "\n\n".join([intro, *page]))
     print(f"\ndone in {time.perf_counter() - start:.0f} s")
     return results
 

@@ -425,8 +425,15 @@ def results_page_section(results: pd.DataFrame, args: argparse.Namespace) -> Non
 
 
 def _combination_offsets(results: pd.DataFrame) -> str:
-    """The runs' ``combination_offsets`` ("sum" for runs written before it was recorded); exits if they differ."""
-    values = set(results["combination_offsets"].fillna("sum")) if "combination_offsets" in results else {"sum"}
+    """The runs' ``combination_offsets``; exits if they differ.
+
+    Runs written before it was recorded used the sum, unless they recorded a fitted factor.
+    """
+    if "combination_offsets" in results:
+        values = set(results["combination_offsets"].fillna("sum"))
+    else:
+        scales = results.get("gene_offset_combination_scale", pd.Series(dtype=float)).dropna()
+        values = {"fit" if (scales != 1.0).any() else "sum"}
     if len(values) > 1:
         sys.exit(f"--report: the runs used different combination_offsets ({', '.join(sorted(values))}); join alike.")
     return values.pop()

@@ -179,7 +179,8 @@ def write_peer_inputs(train, frame, held_out: list[str], folder: Path) -> tuple[
     if max(len(t) for t in tokens) > 2:
         raise ValueError("The peer runner encodes at most two genes per cell; found a larger combination.")
     train_path, held_out_path = folder / "train.h5ad", folder / "held_out.json"
-    ad.AnnData(X=train.X.copy(), obs=obs, var=pd.DataFrame(index=train.var_names)).write_h5ad(train_path)
+    var = pd.DataFrame(index=pd.Index(np.asarray(train.var_names, dtype=str), dtype=object))
+    ad.AnnData(X=train.X.copy(), obs=obs, var=var).write_h5ad(train_path)
     counts = frame["condition"].value_counts()
     items = [
         {"condition": c, "gene_1": c.split("+")[0], "gene_2": c.split("+")[1], "n_cells": int(counts[c])}

@@ -46,8 +46,9 @@ class TokenShifts:
         doses, padded with -1 and 0), its context and its own mean latent shift ``(M, D)``,
         used instead of the sum of singles wherever a query matches one exactly.
     combination_scale
-        Factor on the summed shift of a query of several tokens that matches no measured
-        condition (1: plain arithmetic). Gene offsets can choose it on the training combinations
+        Factor on the summed shift of a query of several tokens at non-zero doses that matches
+        no measured condition (1: plain arithmetic; with ``mode="additive"`` nothing is matched,
+        so training combinations are scaled too). Gene offsets can choose it on the training combinations
         (``combination_offsets="fit"``, :func:`~cellflow.train.choose_combination_scale`);
         latent shifts keep 1.
     """

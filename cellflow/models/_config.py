@@ -90,6 +90,11 @@ class CellFlowConfig:
             )
         if self.combination_offsets not in COMBINATION_OFFSETS:
             raise ValueError(f"combination_offsets={self.combination_offsets!r} must be one of {COMBINATION_OFFSETS}.")
+        if self.combination_offsets != "sum" and not self.gene_offsets:
+            raise ValueError(
+                f"combination_offsets={self.combination_offsets!r} sets how gene offsets add up, but gene_offsets is "
+                "off. Use gene_offsets=True, or leave combination_offsets='sum'."
+            )
         if self.token_embedding not in TOKEN_EMBEDDINGS:
             raise ValueError(
                 f"token_embedding={self.token_embedding!r} must be 'learned', 'expression' or a pandas DataFrame "

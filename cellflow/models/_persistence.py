@@ -43,7 +43,10 @@ from ._config import CellFlowConfig
 FORMAT_VERSION = 5  # 4: library shifts and the control cells' posterior sds; 5: gene offsets
 CONFIG_FILE = "config.json"
 ADDED_LATER = frozenset({"combination_offsets"})
-"""Configuration fields newer than the format: older checkpoints of the format lack them and mean their defaults."""
+"""Configuration fields newer than the format: older checkpoints of the format lack them and mean their defaults.
+
+(An older cellflow refuses a newer checkpoint with these fields as unknown keys, named in its error.)
+"""
 _WEIGHTS_NAME = re.compile(r"weights-[0-9a-f]{16}\.safetensors")
 _PARTS = ("vae", "encoder", "backbone", "reference", "shift", "library_shift", "gene_offset")
 # config.json: key -> type of its value (None allowed where the tuple holds type(None)).

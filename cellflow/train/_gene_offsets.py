@@ -24,6 +24,9 @@ COMBINATION_SCALES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
 MIN_COMBINATIONS = 3
 """Training combinations (every token measured alone) needed to choose a factor other than 1."""
 
+SCORE_CHUNK = 256
+"""Combinations scored at once by :func:`choose_combination_scale`."""
+
 COUNT_CHUNK = 4096
 """Cells read and decoded at once in the pass over the counts (a distributed run shares the chunks out)."""
 
@@ -161,7 +164,7 @@ def gene_offsets_from_cells(
     control[rows[is_control]] = offsets[is_control]
     if combinations == "fit":
         summed, eligible = _summed_changes(shifts, group_conditions, tokens, rows, set(rows[is_control]), n_times)
-        totals = observed.sum(axis=1)[eligible], expected.sum(axis=1)[eligible]
+        totals = observed[eligible].sum(axis=1), expected[eligible].sum(axis=1)
         shifts.combination_scale = choose_combination_scale(*totals, control[rows[eligible]], summed)
     return GeneOffsets(torch.as_tensor(control, dtype=torch.float32), shifts, strength)
 
@@ -170,9 +173,10 @@ def _summed_changes(shifts: TokenShifts, conditions, tokens, rows, control_rows,
     """The sum of the tokens' offset changes of every training combination whose tokens were all measured alone.
 
     Returns the sums ``(n_eligible, n_genes)`` and the eligible groups (boolean over ``conditions``):
-    combinations of at least two tokens, in a row with control cells, each token measured alone
-    at the same time point (in any context). A token whose change was derived from a combination
-    is not eligible: that combination would reproduce itself exactly.
+    combinations of at least two tokens at a non-zero dose (the queries that
+    :class:`~cellflow.flow.TokenShifts` scales), in a row with control cells, each token measured
+    alone at the same time point (in any context). A token whose change was derived from a
+    combination is not eligible: that combination would reproduce itself exactly.
     """
     token_id = {t: i for i, t in enumerate(tokens)}
     table, measured = shifts.table.numpy(), shifts.measured.numpy()
@@ -180,11 +184,12 @@ def _summed_changes(shifts: TokenShifts, conditions, tokens, rows, control_rows,
     eligible = np.zeros(len(conditions), dtype=bool)
     sums = []
     for i, (condition, row) in enumerate(zip(conditions, rows)):
-        ids = [token_id.get(t, -1) for t in condition.tokens]
+        dosed = [(token_id.get(t, -1), d) for t, d in zip(condition.tokens, condition.doses) if d != 0]
+        ids = [t for t, _ in dosed]
         if len(ids) < 2 or row not in control_rows or min(ids) < 0 or not alone_at_time[row % n_times, ids].all():
             continue
         eligible[i] = True
-        sums.append(sum(d * table[row, t] for t, d in zip(ids, condition.doses)))
+        sums.append(sum(d * table[row, t] for t, d in dosed))
     return (np.stack(sums) if sums else np.zeros((0, table.shape[2]))), eligible
 
 
@@ -219,19 +224,22 @@ def choose_combination_scale(
     -------
     float
         The candidate ``s`` of the highest Poisson log-likelihood of the observed counts with
-        means ``expected * exp(control + s * summed)``, rescaled to the expected total of each
-        combination as generation rescales each cell's (the offsets move counts between genes,
-        not the library size), summed over combinations and genes (of equally likely ones, the
-        nearest to 1); 1 (plain arithmetic) with fewer than :data:`MIN_COMBINATIONS` combinations.
+        means ``expected * exp(control + s * summed)``, rescaled to each combination's expected
+        total (generation rescales each cell's: the offsets move counts between genes, not the
+        library size; on sums over cells this is the same up to how the cells' means differ),
+        summed over combinations and genes (of equally likely ones, the nearest to 1); 1 (plain
+        arithmetic) with fewer than :data:`MIN_COMBINATIONS` combinations. Combinations are
+        scored :data:`SCORE_CHUNK` at a time, so memory holds a few such blocks of genes.
     """
     if len(observed) < MIN_COMBINATIONS:
         return 1.0
-
-    def mean(scale: float) -> np.ndarray:
-        moved = expected * np.exp(control + scale * summed)
-        return moved * (expected.sum(axis=1, keepdims=True) / moved.sum(axis=1, keepdims=True))
-
-    scores = np.array([_poisson_log_likelihood(observed, mean(s)) for s in scales])
+    scores = np.zeros(len(scales))
+    for start in range(0, len(observed), SCORE_CHUNK):
+        rows = slice(start, start + SCORE_CHUNK)
+        for k, scale in enumerate(scales):
+            moved = expected[rows] * np.exp(control[rows] + scale * summed[rows])
+            mean = moved * (expected[rows].sum(axis=1, keepdims=True) / moved.sum(axis=1, keepdims=True))
+            scores[k] += _poisson_log_likelihood(observed[rows], mean)
     best = np.flatnonzero(scores == scores.max())
     return float(min((scales[i] for i in best), key=lambda s: abs(s - 1.0)))
 

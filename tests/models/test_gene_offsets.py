@@ -190,12 +190,14 @@ def test_by_default_an_unseen_combination_adds_its_tokens_changes_up():
     first, second = held_out.split("+")
     changes = _offset(model, first) + _offset(model, second) - 2 * _offset(model, "control")
     torch.testing.assert_close(_offset(model, held_out), _offset(model, "control") + changes, atol=1e-5, rtol=0)
+    cf.pp.setup(adata, perturbation_key="perturbation", control="control")
     with pytest.raises(ValueError, match="combination_offsets='mean' must be one of"):
-        cf.pp.setup(adata, perturbation_key="perturbation", control="control")
         cf.CellFlow(adata, combination_offsets="mean")
+    with pytest.raises(ValueError, match="but gene_offsets is off"):
+        cf.CellFlow(adata, gene_offsets=False, combination_offsets="fit")
 
 
-def test_combination_scale_is_the_factor_the_combinations_counts_show():
+def test_combination_scale_is_the_factor_the_combinations_counts_show(monkeypatch):
     rng = np.random.default_rng(0)
     expected = np.full((6, 300), 500.0)
     control, summed = rng.normal(0.0, 0.1, (6, 300)), rng.normal(0.0, 1.0, (6, 300))
@@ -204,4 +206,6 @@ def test_combination_scale_is_the_factor_the_combinations_counts_show():
         assert choose_combination_scale(observed, expected, control, summed) == truth
     assert choose_combination_scale(observed[:2], expected[:2], control[:2], summed[:2]) == 1.0  # too few
     assert choose_combination_scale(observed, expected, control, np.zeros_like(summed)) == 1.0  # nothing to scale
+    monkeypatch.setattr("cellflow.train._gene_offsets.SCORE_CHUNK", 4)  # scored in blocks: the same choice
+    assert choose_combination_scale(observed, expected, control, summed) == truth
     assert 1.0 in COMBINATION_SCALES and 0.0 in COMBINATION_SCALES

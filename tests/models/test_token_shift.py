@@ -97,6 +97,24 @@ def test_measured_mode_uses_a_conditions_own_shift_and_sums_the_rest():
         TokenShifts.from_cells(latent, conditions, context, 2, ["A", "B", "C"], mode="exact")
 
 
+def test_combination_scale_multiplies_only_unmatched_sums_of_several_dosed_tokens():
+    latent, conditions, context = _cells()
+    plain = TokenShifts.from_cells(latent, conditions, context, 2, ["A", "B", "C"], mode="measured")
+    scaled = TokenShifts.from_tensors(plain.tensors())
+    scaled.combination_scale = 0.5
+    # measured A+C; unseen A+B; A+C in context 1 (unmeasured there); A alone at dose 2 (unmeasured at that dose
+    # in context 1); B with A at dose 0 (one dosed token); A+B padded to a third slot.
+    token_ids = torch.tensor([[0, 2, 0], [0, 1, 0], [0, 2, 0], [0, 0, 0], [0, 1, 0], [1, 0, 0]])
+    doses = torch.tensor([[1.0, 1.0, 0], [1.0, 1.0, 0], [1.0, 1.0, 0], [2.0, 0, 0], [0.0, 1.0, 0], [1.0, 1.0, 7.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 0], [1, 1, 0], [1, 0, 0], [1, 1, 0], [1, 1, 0]], dtype=torch.bool)
+    rows = torch.tensor([0, 0, 1, 1, 0, 0])
+    before, after = plain(token_ids, doses, mask, rows), scaled(token_ids, doses, mask, rows)
+    factor = torch.tensor([1.0, 0.5, 0.5, 1.0, 1.0, 0.5])[:, None]
+    torch.testing.assert_close(after, before * factor)
+    assert TokenShifts.from_tensors(scaled.tensors()).combination_scale == 0.5
+    assert "combination_scale" not in plain.tensors()  # checkpoints of the plain sum are as before
+
+
 def test_a_token_only_in_combinations_with_two_unknowns_gets_no_shift():
     # C+D: neither token measured alone, so neither shift is identifiable; both stay zero.
     labels = ["control", "control", "A", "C+D"]
