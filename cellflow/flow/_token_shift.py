@@ -48,9 +48,9 @@ class TokenShifts:
     combination_scale
         Factor on the summed shift of a query of several tokens at non-zero doses that matches
         no measured condition (1: plain arithmetic; with ``mode="additive"`` nothing is matched,
-        so training combinations are scaled too). Gene offsets can choose it on the training combinations
-        (``combination_offsets="fit"``, :func:`~cellflow.train.choose_combination_scale`);
-        latent shifts keep 1.
+        so training combinations are scaled too). Gene offsets can choose it on the training
+        combinations (``combination_offsets="fit"``,
+        :func:`~cellflow.train.choose_combination_scale`); latent shifts keep 1.
     """
 
     table: torch.Tensor

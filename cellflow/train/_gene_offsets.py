@@ -12,6 +12,7 @@ from .._constants import COMBINATION_OFFSETS
 from ..flow import FlowModule, GeneOffsets, TokenShifts, time_resolved_shifts
 from ..pp._conditions import Condition
 from ..vae import LatentVAE
+from ..vae._sampling import offset_factor
 from ._design import TrainingDesign
 from ._plan import chunk_share, rank_and_world_size
 
@@ -236,9 +237,10 @@ def choose_combination_scale(
     scores = np.zeros(len(scales))
     for start in range(0, len(observed), SCORE_CHUNK):
         rows = slice(start, start + SCORE_CHUNK)
+        block = torch.as_tensor(expected[rows], dtype=torch.float64)
         for k, scale in enumerate(scales):
-            moved = expected[rows] * np.exp(control[rows] + scale * summed[rows])
-            mean = moved * (expected[rows].sum(axis=1, keepdims=True) / moved.sum(axis=1, keepdims=True))
+            offset = torch.as_tensor(control[rows] + scale * summed[rows], dtype=torch.float64)
+            mean = (block * offset_factor(block, offset)).numpy()  # as generation corrects each cell's means
             scores[k] += _poisson_log_likelihood(observed[rows], mean)
     best = np.flatnonzero(scores == scores.max())
     return float(min((scales[i] for i in best), key=lambda s: abs(s - 1.0)))
